@@ -1,0 +1,336 @@
+//! One Redis node: its pool of multiplexed connections and the commands Redlock sends to it.
+//!
+//! Every call here is bounded by `node_timeout`, connection checkout included. A slow or dead
+//! node costs at most that long, never bb8's 30 s default.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bb8_redis::{
+    RedisConnectionManager, bb8,
+    redis::{
+        self, AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError,
+        aio::MultiplexedConnection,
+    },
+};
+use tracing::debug;
+
+use crate::{
+    error::{Error, NodeError, NodeErrorKind, Redacted},
+    scripts,
+};
+
+/// A connection checked out for one operation, with the flag that retires it from the pool.
+///
+/// Redlock clones the multiplexed connection out of the pool and returns the pooled object at
+/// once, so any number of tasks share a few TCP connections. Commands sent through one `Link`
+/// reach the node in the order they were sent: that is what lets a release follow a SET that
+/// timed out without overtaking it (DESIGN.md §3.2 rule 7).
+#[derive(Clone)]
+pub(crate) struct Link {
+    conn: MultiplexedConnection,
+    /// Shared with the pooled connection. Set when the TCP connection died, so that bb8 drops it
+    /// the next time it is returned (bb8 asks `has_broken` on return) and dials a fresh one.
+    broken: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn note(&self, err: &RedisError) {
+        if !err.is_timeout() && (err.is_connection_dropped() || err.is_unrecoverable_error()) {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The pooled connection: a multiplexed connection plus its broken flag.
+pub(crate) struct PooledLink(Link);
+
+/// bb8 manager that dials multiplexed connections with our own connect and response timeouts,
+/// and retires connections that died (bb8-redis's manager never reports one as broken, so after
+/// a node restart its pool would keep handing out a dead connection).
+pub(crate) struct NodeConnectionManager {
+    client: Client,
+    config: AsyncConnectionConfig,
+}
+
+impl bb8::ManageConnection for NodeConnectionManager {
+    type Connection = PooledLink;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<PooledLink, RedisError> {
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok(PooledLink(Link {
+            conn,
+            broken: Arc::new(AtomicBool::new(false)),
+        }))
+    }
+
+    async fn is_valid(&self, conn: &mut PooledLink) -> Result<(), RedisError> {
+        redis::cmd("PING").query_async(&mut conn.0.conn).await
+    }
+
+    fn has_broken(&self, conn: &mut PooledLink) -> bool {
+        conn.0.broken.load(Ordering::Relaxed)
+    }
+}
+
+enum Pool {
+    Managed(bb8::Pool<NodeConnectionManager>),
+    User(bb8::Pool<RedisConnectionManager>),
+}
+
+/// One node of the Redlock set.
+pub(crate) struct Node {
+    /// `host:port` for errors and traces; never the password.
+    addr: String,
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node").field("addr", &self.addr).finish()
+    }
+}
+
+/// What one node said to `SET key token NX PX ttl`.
+#[derive(Debug)]
+pub(crate) enum Vote {
+    /// The key is ours on this node.
+    Acquired,
+    /// Someone else holds the key here; our SET did not apply.
+    Busy,
+    /// No usable answer. `sent` tells whether the SET may have reached the node (and so may
+    /// still apply later: a SET that timed out against a paused node runs when it resumes).
+    Failed { error: NodeErrorKind, sent: bool },
+}
+
+impl Node {
+    /// Builds a lazy pool for `url`; nothing touches the network until the first command.
+    pub(crate) fn from_url(url: &str, timeout: Duration, pool_size: u32) -> Result<Node, Error> {
+        let invalid = |source| Error::InvalidUrl {
+            url: Redacted(url).to_string(),
+            source,
+        };
+        let info = url.into_connection_info().map_err(invalid)?;
+        let addr = info.addr().to_string();
+        let client = Client::open(info).map_err(invalid)?;
+        // A reply later than node_timeout is useless to the algorithm; the response timeout is a
+        // backstop for the tokio timeout around every call.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout * 2));
+        let pool = bb8::Pool::builder()
+            .max_size(pool_size)
+            .min_idle(None)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connection_timeout(timeout)
+            .retry_connection(false)
+            // A PING per checkout would double the round trips of every lock.
+            .test_on_check_out(false)
+            .build_unchecked(NodeConnectionManager { client, config });
+        Ok(Node {
+            addr,
+            pool: Pool::Managed(pool),
+            timeout,
+        })
+    }
+
+    /// Wraps a pool the user built. Such a pool cannot retire dead connections by itself (the
+    /// bb8-redis manager never reports one as broken); enable `test_on_check_out` on it if nodes
+    /// may restart.
+    pub(crate) fn from_pool(
+        pool: bb8::Pool<RedisConnectionManager>,
+        addr: String,
+        timeout: Duration,
+    ) -> Node {
+        Node {
+            addr,
+            pool: Pool::User(pool),
+            timeout,
+        }
+    }
+
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub(crate) fn error(&self, kind: NodeErrorKind) -> NodeError {
+        NodeError {
+            node: self.addr.clone(),
+            kind,
+        }
+    }
+
+    /// Checks a connection out and clones it, skipping one that died since it was last used.
+    pub(crate) async fn link(&self) -> Result<Link, NodeErrorKind> {
+        let timeout = self.timeout;
+        let checkout = async {
+            match &self.pool {
+                Pool::Managed(pool) => {
+                    for _ in 0..2 {
+                        let pooled = pool
+                            .get()
+                            .await
+                            .map_err(|_| NodeErrorKind::Connect(timeout))?;
+                        if !pooled.0.broken.load(Ordering::Relaxed) {
+                            return Ok(pooled.0.clone());
+                        }
+                        // Dropping it returns it to bb8, which sees has_broken and discards it.
+                    }
+                    Err(NodeErrorKind::Connect(timeout))
+                }
+                Pool::User(pool) => {
+                    let pooled = pool
+                        .get()
+                        .await
+                        .map_err(|_| NodeErrorKind::Connect(timeout))?;
+                    Ok(Link {
+                        conn: (*pooled).clone(),
+                        broken: Arc::new(AtomicBool::new(false)),
+                    })
+                }
+            }
+        };
+        tokio::time::timeout(timeout, checkout)
+            .await
+            .unwrap_or(Err(NodeErrorKind::Connect(timeout)))
+    }
+
+    /// Runs one command on `link` under the node timeout.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        link: &Link,
+        cmd: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, NodeErrorKind> {
+        match tokio::time::timeout(self.timeout, cmd).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                link.note(&e);
+                Err(NodeErrorKind::Redis(e))
+            }
+            Err(_) => Err(NodeErrorKind::Timeout(self.timeout)),
+        }
+    }
+
+    /// `SET key token NX PX ttl`, checkout included in the node timeout. Returns the link used,
+    /// so a later release of a doubtful SET travels the same ordered connection.
+    pub(crate) async fn set_nx_px(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> (Vote, Option<Link>) {
+        let link = match self.link().await {
+            Ok(link) => link,
+            Err(error) => {
+                debug!(node = %self.addr, %error, "no connection");
+                return (Vote::Failed { error, sent: false }, None);
+            }
+        };
+        let mut conn = link.conn.clone();
+        let ttl_ms = ttl_millis(ttl);
+        let reply = self
+            .run(
+                &link,
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<Option<String>>(&mut conn),
+            )
+            .await;
+        let vote = match reply {
+            Ok(Some(_)) => Vote::Acquired,
+            Ok(None) => Vote::Busy,
+            Err(error) => Vote::Failed { error, sent: true },
+        };
+        debug!(node = %self.addr, ?vote, "set nx px");
+        (vote, Some(link))
+    }
+
+    /// Compare-and-delete. `Ok(true)` when our token was there and is now gone. Goes through
+    /// `link` when given (to stay behind a doubtful SET on the same connection); a link whose
+    /// connection dropped is replaced by a fresh one, since nothing more can arrive through it.
+    pub(crate) async fn release(
+        &self,
+        link: Option<&Link>,
+        key: &str,
+        token: &str,
+    ) -> Result<bool, NodeErrorKind> {
+        let n: i64 = self
+            .script(link, &scripts::RELEASE, key, &[token.to_owned()])
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Compare-and-extend. `Ok(true)` when our token was there and its expiry is now `ttl`.
+    pub(crate) async fn extend(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, NodeErrorKind> {
+        let n: i64 = self
+            .script(
+                None,
+                &scripts::EXTEND,
+                key,
+                &[token.to_owned(), ttl_millis(ttl).to_string()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn script(
+        &self,
+        link: Option<&Link>,
+        script: &redis::Script,
+        key: &str,
+        args: &[String],
+    ) -> Result<i64, NodeErrorKind> {
+        let link = match link {
+            Some(link) if !link.broken.load(Ordering::Relaxed) => link.clone(),
+            _ => self.link().await?,
+        };
+        let mut invocation = script.prepare_invoke();
+        invocation.key(key);
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let mut conn = link.conn.clone();
+        self.run(&link, invocation.invoke_async::<i64>(&mut conn))
+            .await
+    }
+
+    /// `PING`, to check reachability in [`Redlock::connect`](crate::Redlock::connect).
+    pub(crate) async fn ping(&self) -> Result<(), NodeErrorKind> {
+        let link = self.link().await?;
+        let mut conn = link.conn.clone();
+        let pong: String = self
+            .run(&link, redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(NodeErrorKind::Protocol(pong))
+        }
+    }
+}
+
+/// Milliseconds for PX / PEXPIRE; never 0, which Redis rejects.
+fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -1,0 +1,333 @@
+//! The [`Redlock`] handle: acquisition with quorum, validity and retries.
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::future::join_all;
+use tracing::{debug, instrument, warn};
+
+use crate::{
+    builder::RedlockBuilder,
+    config::{RedlockConfig, Settings},
+    error::{Error, Result},
+    lock::Lock,
+    node::Node,
+    retry::Retry,
+    timing,
+    token::LockToken,
+    votes::Votes,
+};
+
+/// A client for one set of independent Redis nodes.
+///
+/// `Redlock` is a cheap handle: it holds an `Arc` to the node pools and settings, so clone it
+/// into every task that needs locks rather than wrapping it in another `Arc`.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redlock_core::Redlock;
+///
+/// # async fn demo() -> Result<(), redlock_core::Error> {
+/// let redlock = Redlock::builder()
+///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+///     .ttl(Duration::from_secs(10))
+///     .build()?;
+/// let lock = redlock.lock("orders:42").await?;
+/// // ... work while lock.is_valid() ...
+/// lock.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Redlock {
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a [`Redlock`] shares.
+pub(crate) struct Shared {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) settings: Settings,
+}
+
+impl fmt::Debug for Redlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redlock")
+            .field("nodes", &self.shared.nodes)
+            .field("quorum", &self.shared.settings.quorum)
+            .field("ttl", &self.shared.settings.ttl)
+            .finish()
+    }
+}
+
+/// Per-call overrides for [`Redlock::lock_with`] and [`Redlock::try_lock_with`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct LockOptions {
+    /// Lease length. Defaults to the `Redlock`'s ttl.
+    pub ttl: Option<Duration>,
+    /// Retry policy. Defaults to the `Redlock`'s.
+    pub retry: Option<Retry>,
+}
+
+impl LockOptions {
+    /// Options with every value taken from the `Redlock`.
+    pub fn new() -> Self {
+        LockOptions::default()
+    }
+
+    /// Sets the lease length. Defaults to the `Redlock`'s ttl.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Sets the retry policy. Defaults to the `Redlock`'s.
+    #[must_use]
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+}
+
+impl Redlock {
+    /// A builder with every setting at its default.
+    pub fn builder() -> RedlockBuilder {
+        RedlockBuilder::new()
+    }
+
+    /// Builds from `REDLOCK_*` environment variables; see [`RedlockConfig::from_env`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoNodes`] when `REDLOCK_NODES` is unset or empty, [`Error::InvalidConfig`] for a
+    /// malformed variable, and whatever [`RedlockBuilder::build`] rejects.
+    pub fn from_env() -> Result<Redlock> {
+        RedlockBuilder::from_config(RedlockConfig::from_env()?).build()
+    }
+
+    pub(crate) fn from_parts(nodes: Vec<Node>, settings: Settings) -> Redlock {
+        Redlock {
+            shared: Arc::new(Shared { nodes, settings }),
+        }
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.shared.nodes.len()
+    }
+
+    /// Votes needed to hold a lock.
+    pub fn quorum(&self) -> usize {
+        self.shared.settings.quorum
+    }
+
+    /// The default lease length.
+    pub fn ttl(&self) -> Duration {
+        self.shared.settings.ttl
+    }
+
+    /// Checks that a quorum of nodes answers `PING`, each within the node timeout. Optional:
+    /// pools connect lazily on first use; call this at startup to fail fast on a bad deployment.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoQuorum`] with the failure of each node that did not answer.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it writes nothing.
+    #[instrument(skip_all, fields(nodes = self.shared.nodes.len()))]
+    pub async fn connect(&self) -> Result<()> {
+        let results = join_all(
+            self.shared
+                .nodes
+                .iter()
+                .map(|node| async move { node.ping().await.map_err(|kind| node.error(kind)) }),
+        )
+        .await;
+        let failures: Vec<_> = results.into_iter().filter_map(|r| r.err()).collect();
+        let answered = self.shared.nodes.len() - failures.len();
+        if answered < self.quorum() {
+            warn!(answered, quorum = self.quorum(), "nodes unreachable");
+            return Err(Error::NoQuorum {
+                acquired: answered,
+                quorum: self.quorum(),
+                failures,
+            });
+        }
+        Ok(())
+    }
+
+    /// Acquires `resource`, retrying per the retry policy while it is contended or unavailable.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::EmptyKey`] for an empty resource.
+    /// - [`Error::Contended`] when every attempt found the lock held by someone else.
+    /// - [`Error::NoQuorum`] when too few nodes answered on the last attempt, with per-node errors.
+    /// - [`Error::Expired`] when the last attempt reached a quorum too late to leave any validity.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future at any await leaves no key behind: SETs already sent finish in their
+    /// own tasks, and a background task releases every node they may have reached, each behind its
+    /// own SET.
+    pub async fn lock(&self, resource: &str) -> Result<Lock> {
+        self.lock_with(resource, LockOptions::default()).await
+    }
+
+    /// [`lock`](Redlock::lock) with per-call options.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Redlock::lock), plus [`Error::InvalidTtl`] for a ttl out of range.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Redlock::lock).
+    #[instrument(skip_all, fields(key = %resource))]
+    pub async fn lock_with(&self, resource: &str, options: LockOptions) -> Result<Lock> {
+        let retry = options.retry.unwrap_or(self.shared.settings.retry);
+        let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
+        let mut attempt = 1;
+        loop {
+            match self.attempt(resource, ttl).await {
+                Ok(lock) => return Ok(lock),
+                Err(err) if err.is_retryable() && attempt < retry.attempts => {
+                    debug!(attempt, error = %err, "attempt failed");
+                    tokio::time::sleep(retry.pause()).await;
+                    attempt += 1;
+                }
+                Err(Error::Contended { key, .. }) => {
+                    return Err(Error::Contended {
+                        key,
+                        attempts: attempt,
+                    });
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// One attempt at `resource`: `Ok(None)` when someone else holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Redlock::lock), except that contention is `Ok(None)`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Redlock::lock).
+    pub async fn try_lock(&self, resource: &str) -> Result<Option<Lock>> {
+        self.try_lock_with(resource, LockOptions::default()).await
+    }
+
+    /// [`try_lock`](Redlock::try_lock) with per-call options (its retry policy is ignored).
+    ///
+    /// # Errors
+    ///
+    /// As [`lock_with`](Redlock::lock_with), except that contention is `Ok(None)`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Redlock::lock).
+    #[instrument(skip_all, fields(key = %resource))]
+    pub async fn try_lock_with(
+        &self,
+        resource: &str,
+        options: LockOptions,
+    ) -> Result<Option<Lock>> {
+        let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
+        match self.attempt(resource, ttl).await {
+            Ok(lock) => Ok(Some(lock)),
+            Err(Error::Contended { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// One Redlock round: SET NX PX everywhere at once, decide at quorum, check validity.
+    async fn attempt(&self, resource: &str, ttl: Duration) -> Result<Lock> {
+        let settings = &self.shared.settings;
+        let key: Arc<str> = settings.key(resource)?.into();
+        settings.check_ttl(ttl)?;
+        // A fresh token per attempt: a late reply to an earlier attempt can never count as ours.
+        let value: Arc<str> = LockToken::random().encode().into();
+        // T1 is taken before the first byte leaves, so the time spent acquiring is subtracted
+        // from the validity whatever happens while waiting for replies.
+        let t1 = Instant::now();
+        let mut guard = AttemptGuard {
+            votes: Some(Votes::send(&self.shared, &key, &value, ttl)),
+            shared: &self.shared,
+            key: &key,
+            value: &value,
+        };
+        let votes = guard.votes.as_mut().ok_or(Error::EmptyKey)?;
+        let (granted, tally) = votes.decide(&self.shared).await;
+        let deadline = timing::deadline(t1, ttl, settings.drift(ttl));
+        let quorum = settings.quorum;
+        if granted && timing::still_valid(deadline, Instant::now(), settings.min_validity) {
+            let votes = guard.votes.take().ok_or(Error::EmptyKey)?;
+            debug!(
+                acquired = tally.acquired,
+                quorum,
+                elapsed_ms = t1.elapsed().as_millis(),
+                "granted"
+            );
+            return Ok(Lock::new(
+                self.shared.clone(),
+                resource.to_owned(),
+                key.clone(),
+                value.clone(),
+                ttl,
+                deadline,
+                votes,
+            ));
+        }
+        // Not granted: undo every SET that may have applied before reporting, so a competitor
+        // does not wait a whole ttl for our partial lock. Stragglers are not waited for: the
+        // guard hands them to a background task that releases each behind its own SET.
+        votes.release_settled(&self.shared, &key, &value).await;
+        let failures = std::mem::take(&mut votes.failures);
+        let error = if granted {
+            Error::Expired {
+                key: resource.to_owned(),
+            }
+        } else if timing::is_contention(tally.busy, self.shared.nodes.len(), quorum) {
+            Error::Contended {
+                key: resource.to_owned(),
+                attempts: 1,
+            }
+        } else {
+            Error::NoQuorum {
+                acquired: tally.acquired,
+                quorum,
+                failures,
+            }
+        };
+        debug!(acquired = tally.acquired, busy = tally.busy, quorum, %error, "denied");
+        Err(error)
+    }
+}
+
+/// Releases in the background whatever an attempt leaves behind when it is dropped or fails:
+/// this is what makes `lock` cancel safe.
+struct AttemptGuard<'a> {
+    votes: Option<Votes>,
+    shared: &'a Arc<Shared>,
+    key: &'a Arc<str>,
+    value: &'a Arc<str>,
+}
+
+impl Drop for AttemptGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(votes) = self.votes.take() {
+            votes.release_in_background(self.shared.clone(), self.key.clone(), self.value.clone());
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The per-node state of one acquisition attempt, from the parallel SETs to the last release.
+//!
+//! Each node's `SET NX PX` runs in a task of its own and reports on a channel. The attempt
+//! decides as soon as the outcome is known; nodes still pending at that point are *stragglers*.
+//! Their replies are still awaited before anything else is sent for them, and a doubtful SET is
+//! released on the very connection it went out on, so a release never overtakes the SET it undoes
+//! (DESIGN.md §3.2 rule 7: otherwise a paused node would run the release first, then the SET, and
+//! keep an orphan key for a whole ttl).
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug_span};
+
+use crate::{
+    error::NodeError,
+    node::{Link, Vote},
+    redlock::Shared,
+};
+
+/// What we know about our key on one node.
+pub(crate) enum Slot {
+    /// The SET has not answered yet.
+    Pending,
+    /// The SET answered (or failed).
+    Settled {
+        /// Whether our token may be on the node.
+        holds: Holds,
+        /// The connection the SET went out on, when it went out.
+        link: Option<Link>,
+    },
+}
+
+/// Whether our token may be stored on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Holds {
+    /// The node said OK.
+    Yes,
+    /// The node said the key is someone else's, or the SET never left: our fresh token cannot be
+    /// there, so nothing needs releasing.
+    No,
+    /// The SET was sent but no answer came back: it may have applied, or may still apply.
+    Maybe,
+}
+
+/// Per-node state of one attempt (and, once granted, of the lock it became).
+pub(crate) struct Votes {
+    pub(crate) slots: Vec<Slot>,
+    /// Replies from the per-node SET tasks, in arrival order.
+    rx: mpsc::Receiver<(usize, Vote, Option<Link>)>,
+    pending: usize,
+    /// Nodes that answered that someone else holds the key.
+    busy: usize,
+    /// Failures seen so far, for the error of a failed attempt.
+    pub(crate) failures: Vec<NodeError>,
+}
+
+/// The tally of a vote once it was decided.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tally {
+    pub(crate) acquired: usize,
+    pub(crate) busy: usize,
+}
+
+impl Votes {
+    /// Sends `SET key value NX PX ttl` to every node at once, one task each. The tasks are
+    /// detached: if the caller stops waiting, the SETs still finish and report, and the cleanup
+    /// that drains this channel knows exactly which nodes to release.
+    pub(crate) fn send(
+        shared: &Arc<Shared>,
+        key: &Arc<str>,
+        value: &Arc<str>,
+        ttl: Duration,
+    ) -> Votes {
+        let n = shared.nodes.len();
+        let (tx, rx) = mpsc::channel(n);
+        for index in 0..n {
+            let (shared, key, value, tx) = (shared.clone(), key.clone(), value.clone(), tx.clone());
+            let span = debug_span!("redlock.set", node = %shared.nodes[index].addr());
+            tokio::spawn(
+                async move {
+                    let (vote, link) = shared.nodes[index].set_nx_px(&key, &value, ttl).await;
+                    // The receiver may be gone (the lock was released without waiting); then
+                    // nobody needs the answer.
+                    let _ = tx.send((index, vote, link)).await;
+                }
+                .instrument(span),
+            );
+        }
+        Votes {
+            slots: (0..n).map(|_| Slot::Pending).collect(),
+            rx,
+            pending: n,
+            busy: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Waits for the next reply; `false` when none is pending.
+    async fn next(&mut self, shared: &Shared) -> bool {
+        if self.pending == 0 {
+            return false;
+        }
+        let Some((index, vote, link)) = self.rx.recv().await else {
+            // A SET task died without answering (it panicked): treat its node as doubtful.
+            for slot in &mut self.slots {
+                if matches!(slot, Slot::Pending) {
+                    *slot = Slot::Settled {
+                        holds: Holds::Maybe,
+                        link: None,
+                    };
+                }
+            }
+            self.pending = 0;
+            return false;
+        };
+        self.pending -= 1;
+        let holds = match vote {
+            Vote::Acquired => Holds::Yes,
+            Vote::Busy => {
+                self.busy += 1;
+                Holds::No
+            }
+            Vote::Failed { error, sent } => {
+                self.failures.push(shared.nodes[index].error(error));
+                if sent { Holds::Maybe } else { Holds::No }
+            }
+        };
+        self.slots[index] = Slot::Settled { holds, link };
+        true
+    }
+
+    fn count(&self, holds: Holds) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Settled { holds: h, .. } if *h == holds))
+            .count()
+    }
+
+    /// Collects replies until the vote is decided: a quorum said OK, or too few are left for one.
+    pub(crate) async fn decide(&mut self, shared: &Shared) -> (bool, Tally) {
+        let quorum = shared.settings.quorum;
+        loop {
+            let acquired = self.count(Holds::Yes);
+            if let Some(granted) = crate::timing::decide(acquired, self.pending, quorum) {
+                return (
+                    granted,
+                    Tally {
+                        acquired,
+                        busy: self.busy,
+                    },
+                );
+            }
+            if !self.next(shared).await {
+                // Unreachable in practice: with nothing pending, `decide` always decides.
+                return (
+                    false,
+                    Tally {
+                        acquired,
+                        busy: self.busy,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Waits for every straggler. Bounded: each SET task gives up after its node timeout.
+    pub(crate) async fn settle(&mut self, shared: &Shared) {
+        while self.next(shared).await {}
+    }
+
+    /// Compare-and-delete on every node where our token is or may be, after settling stragglers.
+    pub(crate) async fn release(
+        &mut self,
+        shared: &Shared,
+        key: &str,
+        value: &str,
+    ) -> ReleaseTally {
+        self.settle(shared).await;
+        self.release_settled(shared, key, value).await
+    }
+
+    /// Compare-and-delete on every settled node where our token is or may be; stragglers are
+    /// left alone (and still pending). A doubtful node is released through the connection its
+    /// SET used, behind that SET. Released nodes are marked, so a later call skips them.
+    pub(crate) async fn release_settled(
+        &mut self,
+        shared: &Shared,
+        key: &str,
+        value: &str,
+    ) -> ReleaseTally {
+        let calls = self
+            .slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(index, slot)| match slot {
+                Slot::Settled {
+                    holds: holds @ (Holds::Yes | Holds::Maybe),
+                    link,
+                } => {
+                    // An answered SET leaves nothing in flight, so any connection will do; a doubtful
+                    // one must be followed on its own connection.
+                    let link = if *holds == Holds::Maybe {
+                        link.take()
+                    } else {
+                        None
+                    };
+                    *holds = Holds::No;
+                    let node = &shared.nodes[index];
+                    Some(async move { (index, node.release(link.as_ref(), key, value).await) })
+                }
+                Slot::Settled {
+                    holds: Holds::No, ..
+                }
+                | Slot::Pending => None,
+            });
+        let mut tally = ReleaseTally::default();
+        for (index, result) in join_all(calls).await {
+            match result {
+                Ok(true) => tally.released += 1,
+                Ok(false) => tally.absent += 1,
+                Err(kind) => tally.failures.push(shared.nodes[index].error(kind)),
+            }
+        }
+        tally
+    }
+
+    /// True when nothing is pending and no node may hold our token.
+    fn is_clean(&self) -> bool {
+        self.pending == 0
+            && self.slots.iter().all(|s| {
+                matches!(
+                    s,
+                    Slot::Settled {
+                        holds: Holds::No,
+                        ..
+                    }
+                )
+            })
+    }
+
+    /// Hands the stragglers and the doubtful nodes to a background task (used when the caller
+    /// will not wait, or is gone). Needs a tokio runtime; without one the keys expire by ttl.
+    pub(crate) fn release_in_background(
+        mut self,
+        shared: Arc<Shared>,
+        key: Arc<str>,
+        value: Arc<str>,
+    ) {
+        if self.is_clean() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(
+                    async move {
+                        let tally = self.release(&shared, &key, &value).await;
+                        tracing::debug!(
+                            released = tally.released,
+                            failed = tally.failures.len(),
+                            "background release"
+                        );
+                    }
+                    .instrument(debug_span!("redlock.release_background")),
+                );
+            }
+            Err(_) => tracing::warn!("no tokio runtime: lock keys are left to expire by their ttl"),
+        }
+    }
+}
+
+/// How a release went, node by node.
+#[derive(Debug, Default)]
+pub(crate) struct ReleaseTally {
+    /// Nodes where our token was found and deleted.
+    pub(crate) released: usize,
+    /// Nodes that answered that our token was not there (expired, or never applied).
+    pub(crate) absent: usize,
+    pub(crate) failures: Vec<NodeError>,
+}
