@@ -122,6 +122,14 @@ impl RedlockBuilder {
         self
     }
 
+    /// Issues a [`FencingToken`](crate::FencingToken) with every lock, at the cost of one more
+    /// round trip per acquisition. The tokens' order relies on the fence counters never being
+    /// lost: run the nodes with AOF `appendfsync always`. Defaults to `false`.
+    pub fn fencing(mut self, enabled: bool) -> Self {
+        self.config.fencing = enabled;
+        self
+    }
+
     /// Multiplexed connections kept per node. Defaults to 4.
     pub fn pool_size(mut self, size: u32) -> Self {
         self.config.pool_size = size;

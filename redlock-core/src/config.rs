@@ -47,6 +47,9 @@ pub struct RedlockConfig {
     pub key_prefix: String,
     /// Connections kept per node (multiplexed, so a few are plenty). Defaults to 4.
     pub pool_size: u32,
+    /// Issue fencing tokens on every acquisition (one more round trip; see
+    /// [`FencingToken`](crate::FencingToken)). Defaults to `false`.
+    pub fencing: bool,
 }
 
 impl Default for RedlockConfig {
@@ -61,6 +64,7 @@ impl Default for RedlockConfig {
             min_validity: Duration::from_millis(1),
             key_prefix: "redlock:".to_owned(),
             pool_size: 4,
+            fencing: false,
         }
     }
 }
@@ -78,6 +82,7 @@ impl fmt::Debug for RedlockConfig {
             .field("min_validity", &self.min_validity)
             .field("key_prefix", &self.key_prefix)
             .field("pool_size", &self.pool_size)
+            .field("fencing", &self.fencing)
             .finish()
     }
 }
@@ -92,6 +97,7 @@ pub(crate) struct Settings {
     pub(crate) quorum: usize,
     pub(crate) min_validity: Duration,
     pub(crate) key_prefix: String,
+    pub(crate) fencing: bool,
 }
 
 impl Settings {
@@ -133,6 +139,7 @@ impl Settings {
             quorum,
             min_validity: config.min_validity,
             key_prefix: config.key_prefix.clone(),
+            fencing: config.fencing,
         };
         settings.check_ttl(config.ttl)?;
         if config.node_timeout >= config.ttl {
@@ -288,6 +295,7 @@ impl RedlockConfig {
     /// | `REDLOCK_RETRY_ATTEMPTS` | attempts of `lock` |
     /// | `REDLOCK_QUORUM` | votes needed |
     /// | `REDLOCK_KEY_PREFIX` | key prefix |
+    /// | `REDLOCK_FENCING` | `true` or `1` to issue fencing tokens |
     ///
     /// Unset variables keep their defaults.
     ///
@@ -333,6 +341,9 @@ impl RedlockConfig {
         }
         if let Some(q) = number("REDLOCK_QUORUM")? {
             config.quorum = Some(usize::try_from(q).unwrap_or(usize::MAX));
+        }
+        if let Some(fencing) = get("REDLOCK_FENCING") {
+            config.fencing = matches!(fencing.trim(), "1" | "true" | "yes" | "on");
         }
         if let Some(prefix) = get("REDLOCK_KEY_PREFIX") {
             config.key_prefix = prefix;

@@ -66,19 +66,26 @@
 mod builder;
 mod config;
 mod error;
+mod fencing;
 mod lock;
+mod lost;
 mod node;
 mod redlock;
 mod retry;
+mod scoped;
 mod scripts;
 mod timing;
 mod token;
 mod votes;
+mod watchdog;
 
 pub use bb8_redis::{bb8, redis};
 pub use builder::RedlockBuilder;
 pub use config::{MAX_TTL, RedlockConfig};
 pub use error::{Error, NodeError, NodeErrorKind, Result};
-pub use lock::{Lock, Release};
+pub use fencing::FencingToken;
+pub use lock::{Lock, LockHandle, Release};
+pub use lost::LockLost;
 pub use redlock::{LockOptions, Redlock};
 pub use retry::Retry;
+pub use watchdog::AutoExtend;

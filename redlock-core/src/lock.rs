@@ -2,18 +2,25 @@
 
 use std::{
     fmt,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use futures_util::future::join_all;
+use tokio::sync::{Mutex, Notify, watch};
 use tracing::{debug, instrument, warn};
 
 use crate::{
     error::{Error, NodeError, Result},
+    fencing::FencingToken,
+    lost::LockLost,
     redlock::Shared,
     timing,
     votes::Votes,
+    watchdog::{self, AutoExtend},
 };
 
 /// A lock held on a quorum of nodes until [`deadline`](Lock::deadline).
@@ -24,29 +31,52 @@ use crate::{
 ///
 /// # Drop
 ///
-/// Dropping a `Lock` without calling [`release`](Lock::release) spawns a best-effort release on
-/// the current tokio runtime (if there is none, the keys expire by their ttl). Prefer `release`:
-/// it reports what happened and lets you wait for it.
+/// Dropping a `Lock` without calling [`release`](Lock::release) stops its auto-extension and
+/// spawns a best-effort release on the current tokio runtime (if there is none, the keys expire
+/// by their ttl). Prefer `release`: it reports what happened and lets you wait for it.
 #[must_use = "dropping a Lock releases it in the background at once; hold it for the critical section and call release()"]
 pub struct Lock {
-    shared: Arc<Shared>,
+    state: Arc<LockState>,
+}
+
+/// A cheap, cloneable view of a held lock, for code that must watch it but not release it: the
+/// closure of [`Redlock::run`](crate::Redlock::run), a tower handler, an apalis job.
+#[derive(Clone)]
+pub struct LockHandle {
+    state: Arc<LockState>,
+}
+
+/// What a [`Lock`], its handles and its watchdog share.
+pub(crate) struct LockState {
+    pub(crate) shared: Arc<Shared>,
     resource: String,
     key: Arc<str>,
     /// The token of the attempt that won; never shown in `Debug`.
     value: Arc<str>,
-    ttl: Duration,
-    deadline: Instant,
-    /// Per-node state of the winning attempt. `None` once released.
-    votes: Option<Votes>,
+    fencing_token: Option<FencingToken>,
+    /// The current deadline. Every successful extension publishes a later one, a failed
+    /// extension with a shorter ttl an earlier one; [`LockLost`] futures watch it.
+    deadline: watch::Sender<Instant>,
+    /// The current lease length, in nanoseconds (what `extend` renews).
+    ttl_nanos: AtomicU64,
+    /// Per-node state of the winning attempt; `None` once released. The async mutex makes
+    /// extensions wait for stragglers without racing a release.
+    votes: Mutex<Option<Votes>>,
+    /// Set once the lock is released or dropped; the watchdog stops on it.
+    released: AtomicBool,
+    /// Wakes the watchdog when `released` is set.
+    stop: Notify,
 }
 
 impl fmt::Debug for Lock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Lock")
-            .field("resource", &self.resource)
-            .field("token", &format_args!("\"{}…\"", &self.value[..4]))
-            .field("remaining", &self.remaining())
-            .finish()
+        self.state.fmt_fields("Lock", f)
+    }
+}
+
+impl fmt::Debug for LockHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.state.fmt_fields("LockHandle", f)
     }
 }
 
@@ -73,7 +103,64 @@ impl Release {
     }
 }
 
+/// The getters shared by [`Lock`] and [`LockHandle`].
+macro_rules! getters {
+    () => {
+        /// The resource name given to `lock`.
+        pub fn resource(&self) -> &str {
+            &self.state.resource
+        }
+
+        /// The key stored on the nodes (the resource with the configured prefix).
+        pub fn key(&self) -> &str {
+            &self.state.key
+        }
+
+        /// The lease length of the last acquisition or extension.
+        pub fn ttl(&self) -> Duration {
+            self.state.ttl()
+        }
+
+        /// The monotonic instant until which the lock is held: `T1 + ttl − drift`, where `T1`
+        /// was taken before the first byte of the last acquisition or extension was sent.
+        pub fn deadline(&self) -> Instant {
+            *self.state.deadline.borrow()
+        }
+
+        /// Time left before the deadline; zero once it passed.
+        pub fn remaining(&self) -> Duration {
+            self.deadline().saturating_duration_since(Instant::now())
+        }
+
+        /// True while the deadline has not passed.
+        pub fn is_valid(&self) -> bool {
+            Instant::now() < self.deadline()
+        }
+
+        /// The fencing token of this acquisition, when fencing is enabled: unique per
+        /// resource and increasing with the real-time order of acquisitions. Pass it to the
+        /// protected resource and have it reject tokens lower than one it has seen.
+        pub fn fencing_token(&self) -> Option<FencingToken> {
+            self.state.fencing_token
+        }
+
+        /// A future that resolves when the lock is lost: its deadline passes without a
+        /// successful extension. Driven by this process's monotonic clock, so it fires even
+        /// when every node is unreachable. Cheap to clone.
+        pub fn lost(&self) -> LockLost {
+            LockLost::new(self.state.deadline.subscribe())
+        }
+    };
+}
+
+impl LockHandle {
+    getters!();
+}
+
 impl Lock {
+    getters!();
+
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<Shared>,
         resource: String,
@@ -82,47 +169,38 @@ impl Lock {
         ttl: Duration,
         deadline: Instant,
         votes: Votes,
+        fencing_token: Option<FencingToken>,
     ) -> Lock {
+        let (deadline, _) = watch::channel(deadline);
         Lock {
-            shared,
-            resource,
-            key,
-            value,
-            ttl,
-            deadline,
-            votes: Some(votes),
+            state: Arc::new(LockState {
+                shared,
+                resource,
+                key,
+                value,
+                fencing_token,
+                deadline,
+                ttl_nanos: AtomicU64::new(nanos(ttl)),
+                votes: Mutex::new(Some(votes)),
+                released: AtomicBool::new(false),
+                stop: Notify::new(),
+            }),
         }
     }
 
-    /// The resource name given to `lock`.
-    pub fn resource(&self) -> &str {
-        &self.resource
+    /// A cloneable view of this lock (getters and [`lost`](LockHandle::lost), no release).
+    pub fn handle(&self) -> LockHandle {
+        LockHandle {
+            state: self.state.clone(),
+        }
     }
 
-    /// The key stored on the nodes (the resource with the configured prefix).
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// The lease length this lock was acquired (or last extended) with.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// The monotonic instant until which the lock is held: `T1 + ttl − drift`, where `T1` was
-    /// taken before the first byte was sent.
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
-    /// Time left before the deadline; zero once it passed.
-    pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
-    }
-
-    /// True while the deadline has not passed.
-    pub fn is_valid(&self) -> bool {
-        Instant::now() < self.deadline
+    /// Keeps the lock alive in the background: extends it by its ttl every `ttl / 3` (see
+    /// [`AutoExtend`]) until it is released or dropped, or until `max_hold` is reached. A failed
+    /// extension keeps the old deadline and is retried while time remains; once the deadline
+    /// passes, [`lost`](Lock::lost) fires. Needs a tokio runtime.
+    pub fn auto_extend(&self, config: AutoExtend) {
+        watchdog::spawn(self.state.clone(), config);
     }
 
     /// Extends the lease by the lock's ttl, measured from now. See [`extend_by`](Lock::extend_by).
@@ -134,8 +212,8 @@ impl Lock {
     /// # Cancel safety
     ///
     /// As [`extend_by`](Lock::extend_by).
-    pub async fn extend(&mut self) -> Result<Instant> {
-        self.extend_by(self.ttl).await
+    pub async fn extend(&self) -> Result<Instant> {
+        self.state.extend_by(self.state.ttl()).await
     }
 
     /// Extends the lease to `ttl` from now, on every node where the key still holds our token.
@@ -156,76 +234,13 @@ impl Lock {
     ///
     /// Dropping the future leaves the lock with its old deadline; some nodes may have applied the
     /// new expiry, which only keeps our own keys longer.
-    #[instrument(skip_all, fields(key = %self.key, ttl_ms = ttl.as_millis()))]
-    pub async fn extend_by(&mut self, ttl: Duration) -> Result<Instant> {
-        self.shared.settings.check_ttl(ttl)?;
-        let Some(votes) = self.votes.as_mut() else {
-            return Err(Error::Expired {
-                key: self.resource.clone(),
-            });
-        };
-        // Stragglers must answer first, so an extension never races a SET of our own.
-        votes.settle(&self.shared).await;
-        let t1 = Instant::now();
-        if t1 >= self.deadline {
-            return Err(Error::Expired {
-                key: self.resource.clone(),
-            });
-        }
-        let shared = &self.shared;
-        let (key, value) = (&*self.key, &*self.value);
-        let results = join_all(shared.nodes.iter().map(|node| async move {
-            node.extend(key, value, ttl)
-                .await
-                .map_err(|kind| node.error(kind))
-        }))
-        .await;
-        let now = Instant::now();
-        let mut extended = 0;
-        let mut failures = Vec::new();
-        for result in results {
-            match result {
-                Ok(true) => extended += 1,
-                Ok(false) => {}
-                Err(e) => failures.push(e),
-            }
-        }
-        let drift = shared.settings.drift(ttl);
-        let new_deadline = timing::deadline(t1, ttl, drift);
-        if now >= self.deadline {
-            self.deadline = self.deadline.min(new_deadline);
-            warn!(extended, "extension finished after the deadline");
-            return Err(Error::Expired {
-                key: self.resource.clone(),
-            });
-        }
-        if extended < shared.settings.quorum {
-            // Nodes that applied a shorter ttl now expire sooner than the old deadline.
-            self.deadline = self.deadline.min(new_deadline);
-            warn!(
-                extended,
-                quorum = shared.settings.quorum,
-                "extension failed"
-            );
-            return Err(Error::NoQuorum {
-                acquired: extended,
-                quorum: shared.settings.quorum,
-                failures,
-            });
-        }
-        self.deadline = new_deadline;
-        self.ttl = ttl;
-        debug!(
-            extended,
-            remaining_ms = self.remaining().as_millis(),
-            "extended"
-        );
-        Ok(new_deadline)
+    pub async fn extend_by(&self, ttl: Duration) -> Result<Instant> {
+        self.state.extend_by(ttl).await
     }
 
     /// Releases the lock: compare-and-delete on every node where our token is or may be stored,
-    /// including nodes whose SET failed or never answered. A key that holds another token is
-    /// never touched.
+    /// including nodes whose SET failed or never answered (each behind its own SET). A key
+    /// holding another token is never touched.
     ///
     /// # Errors
     ///
@@ -236,18 +251,22 @@ impl Lock {
     /// # Cancel safety
     ///
     /// Dropping the future hands the release to a background task, as dropping the `Lock` does.
-    #[instrument(skip_all, fields(key = %self.key))]
-    pub async fn release(mut self) -> Result<Release> {
-        let Some(votes) = self.votes.as_mut() else {
+    #[instrument(skip_all, fields(key = %self.state.key))]
+    pub async fn release(self) -> Result<Release> {
+        let state = &self.state;
+        state.stop();
+        let mut guard = state.votes.lock().await;
+        let Some(votes) = guard.as_mut() else {
             return Err(Error::Expired {
-                key: self.resource.clone(),
+                key: state.resource.clone(),
             });
         };
-        // The votes stay in `self` until the release is done: if this future is dropped
-        // mid-way, dropping the Lock hands what is left to a background task.
-        let tally = votes.release(&self.shared, &self.key, &self.value).await;
-        self.votes = None;
-        let quorum = self.shared.settings.quorum;
+        // The votes stay in place until the release is done: if this future is dropped mid-way,
+        // dropping the Lock hands what is left to a background task.
+        let tally = votes.release(&state.shared, &state.key, &state.value).await;
+        *guard = None;
+        drop(guard);
+        let quorum = state.shared.settings.quorum;
         let answered = tally.released + tally.absent;
         debug!(
             released = tally.released,
@@ -271,11 +290,152 @@ impl Lock {
     }
 }
 
+impl LockState {
+    fn fmt_fields(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let remaining = self
+            .deadline
+            .borrow()
+            .saturating_duration_since(Instant::now());
+        f.debug_struct(name)
+            .field("resource", &self.resource)
+            .field("token", &format_args!("\"{}…\"", &self.value[..4]))
+            .field("fencing_token", &self.fencing_token)
+            .field("remaining", &remaining)
+            .finish()
+    }
+
+    pub(crate) fn key_str(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        *self.deadline.borrow()
+    }
+
+    pub(crate) fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stopped(&self) -> &Notify {
+        &self.stop
+    }
+
+    fn stop(&self) {
+        self.released.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+    }
+
+    #[instrument(skip_all, fields(key = %self.key, ttl_ms = ttl.as_millis()))]
+    pub(crate) async fn extend_by(&self, ttl: Duration) -> Result<Instant> {
+        let shared = &self.shared;
+        shared.settings.check_ttl(ttl)?;
+        {
+            let mut votes = self.votes.lock().await;
+            let Some(votes) = votes.as_mut() else {
+                return Err(Error::Expired {
+                    key: self.resource.clone(),
+                });
+            };
+            // Stragglers must answer first, so an extension never races a SET of our own.
+            votes.settle(shared).await;
+        }
+        let t1 = Instant::now();
+        let old_deadline = self.deadline();
+        if t1 >= old_deadline {
+            return Err(Error::Expired {
+                key: self.resource.clone(),
+            });
+        }
+        let (key, value) = (&*self.key, &*self.value);
+        let results = join_all(shared.nodes.iter().map(|node| async move {
+            node.extend(key, value, ttl)
+                .await
+                .map_err(|kind| node.error(kind))
+        }))
+        .await;
+        let now = Instant::now();
+        let mut extended = 0;
+        let mut failures = Vec::new();
+        for result in results {
+            match result {
+                Ok(true) => extended += 1,
+                Ok(false) => {}
+                Err(e) => failures.push(e),
+            }
+        }
+        let new_deadline = timing::deadline(t1, ttl, shared.settings.drift(ttl));
+        let quorum = shared.settings.quorum;
+        if now >= old_deadline || extended < quorum {
+            // Nodes that applied a shorter ttl now expire sooner than the old deadline.
+            if new_deadline < old_deadline {
+                self.deadline.send_replace(new_deadline);
+            }
+            warn!(
+                extended,
+                quorum,
+                late = now >= old_deadline,
+                "extension failed"
+            );
+            return Err(if now >= old_deadline {
+                Error::Expired {
+                    key: self.resource.clone(),
+                }
+            } else {
+                Error::NoQuorum {
+                    acquired: extended,
+                    quorum,
+                    failures,
+                }
+            });
+        }
+        self.deadline.send_replace(new_deadline);
+        self.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
+        debug!(
+            extended,
+            remaining_ms = (new_deadline - now).as_millis(),
+            "extended"
+        );
+        Ok(new_deadline)
+    }
+}
+
 impl Drop for Lock {
     fn drop(&mut self) {
-        if let Some(votes) = self.votes.take() {
-            debug!(key = %self.key, "lock dropped without release: releasing in the background");
-            votes.release_in_background(self.shared.clone(), self.key.clone(), self.value.clone());
+        let state = &self.state;
+        state.stop();
+        // `release` holds the mutex while it runs; if it was dropped mid-way, the votes are still
+        // here. When the mutex is busy (an extension settling stragglers), wait for it in a task.
+        match state.votes.try_lock() {
+            Ok(mut guard) => {
+                if let Some(votes) = guard.take() {
+                    debug!(key = %state.key, "lock dropped without release: releasing in the background");
+                    votes.release_in_background(
+                        state.shared.clone(),
+                        state.key.clone(),
+                        state.value.clone(),
+                    );
+                }
+            }
+            Err(_) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let state = state.clone();
+                    runtime.spawn(async move {
+                        let mut guard = state.votes.lock().await;
+                        if let Some(votes) = guard.as_mut() {
+                            votes.release(&state.shared, &state.key, &state.value).await;
+                        }
+                        *guard = None;
+                    });
+                }
+            }
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -23,7 +23,7 @@ use tracing::debug;
 
 use crate::{
     error::{Error, NodeError, NodeErrorKind, Redacted},
-    scripts,
+    fencing, scripts,
 };
 
 /// A connection checked out for one operation, with the flag that retires it from the pool.
@@ -105,8 +105,8 @@ impl fmt::Debug for Node {
 /// What one node said to `SET key token NX PX ttl`.
 #[derive(Debug)]
 pub(crate) enum Vote {
-    /// The key is ours on this node.
-    Acquired,
+    /// The key is ours on this node; with fencing, the node's fence counter.
+    Acquired(Option<u64>),
     /// Someone else holds the key here; our SET did not apply.
     Busy,
     /// No usable answer. `sent` tells whether the SET may have reached the node (and so may
@@ -230,6 +230,7 @@ impl Node {
         key: &str,
         token: &str,
         ttl: Duration,
+        fenced: bool,
     ) -> (Vote, Option<Link>) {
         let link = match self.link().await {
             Ok(link) => link,
@@ -240,22 +241,40 @@ impl Node {
         };
         let mut conn = link.conn.clone();
         let ttl_ms = ttl_millis(ttl);
-        let reply = self
-            .run(
-                &link,
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async::<Option<String>>(&mut conn),
-            )
-            .await;
-        let vote = match reply {
-            Ok(Some(_)) => Vote::Acquired,
-            Ok(None) => Vote::Busy,
-            Err(error) => Vote::Failed { error, sent: true },
+        let vote = if fenced {
+            // Phase 1 of fencing: SET NX PX and read the fence counter atomically.
+            let mut invocation = fencing::ACQUIRE.prepare_invoke();
+            invocation
+                .key(key)
+                .key(fencing::fence_key(key))
+                .arg(token)
+                .arg(ttl_ms);
+            match self
+                .run(&link, invocation.invoke_async::<i64>(&mut conn))
+                .await
+            {
+                Ok(n) if n >= 0 => Vote::Acquired(u64::try_from(n).ok()),
+                Ok(_) => Vote::Busy,
+                Err(error) => Vote::Failed { error, sent: true },
+            }
+        } else {
+            let reply = self
+                .run(
+                    &link,
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .query_async::<Option<String>>(&mut conn),
+                )
+                .await;
+            match reply {
+                Ok(Some(_)) => Vote::Acquired(None),
+                Ok(None) => Vote::Busy,
+                Err(error) => Vote::Failed { error, sent: true },
+            }
         };
         debug!(node = %self.addr, ?vote, "set nx px");
         (vote, Some(link))
@@ -313,6 +332,25 @@ impl Node {
         let mut conn = link.conn.clone();
         self.run(&link, invocation.invoke_async::<i64>(&mut conn))
             .await
+    }
+
+    /// Phase 2 of fencing: raise the fence counter to `t` while the lock key holds our token.
+    pub(crate) async fn publish_fence(
+        &self,
+        key: &str,
+        token: &str,
+        t: u64,
+    ) -> Result<bool, NodeErrorKind> {
+        let link = self.link().await?;
+        let mut invocation = fencing::PUBLISH.prepare_invoke();
+        invocation
+            .key(key)
+            .key(fencing::fence_key(key))
+            .arg(token)
+            .arg(t);
+        let mut conn = link.conn.clone();
+        let n: i64 = self.run(&link, invocation.invoke_async(&mut conn)).await?;
+        Ok(n == 1)
     }
 
     /// `PING`, to check reachability in [`Redlock::connect`](crate::Redlock::connect).

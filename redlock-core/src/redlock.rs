@@ -13,6 +13,7 @@ use crate::{
     builder::RedlockBuilder,
     config::{RedlockConfig, Settings},
     error::{Error, Result},
+    fencing::FencingToken,
     lock::Lock,
     node::Node,
     retry::Retry,
@@ -72,6 +73,8 @@ pub struct LockOptions {
     pub ttl: Option<Duration>,
     /// Retry policy. Defaults to the `Redlock`'s.
     pub retry: Option<Retry>,
+    /// Issue a fencing token. Defaults to the `Redlock`'s setting.
+    pub fencing: Option<bool>,
 }
 
 impl LockOptions {
@@ -91,6 +94,13 @@ impl LockOptions {
     #[must_use]
     pub fn retry(mut self, retry: Retry) -> Self {
         self.retry = Some(retry);
+        self
+    }
+
+    /// Issues a fencing token with this lock (or not). Defaults to the `Redlock`'s setting.
+    #[must_use]
+    pub fn fencing(mut self, enabled: bool) -> Self {
+        self.fencing = Some(enabled);
         self
     }
 }
@@ -195,9 +205,10 @@ impl Redlock {
     pub async fn lock_with(&self, resource: &str, options: LockOptions) -> Result<Lock> {
         let retry = options.retry.unwrap_or(self.shared.settings.retry);
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
+        let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
         let mut attempt = 1;
         loop {
-            match self.attempt(resource, ttl).await {
+            match self.attempt(resource, ttl, fenced).await {
                 Ok(lock) => return Ok(lock),
                 Err(err) if err.is_retryable() && attempt < retry.attempts => {
                     debug!(attempt, error = %err, "attempt failed");
@@ -244,15 +255,17 @@ impl Redlock {
         options: LockOptions,
     ) -> Result<Option<Lock>> {
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
-        match self.attempt(resource, ttl).await {
+        let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
+        match self.attempt(resource, ttl, fenced).await {
             Ok(lock) => Ok(Some(lock)),
             Err(Error::Contended { .. }) => Ok(None),
             Err(err) => Err(err),
         }
     }
 
-    /// One Redlock round: SET NX PX everywhere at once, decide at quorum, check validity.
-    async fn attempt(&self, resource: &str, ttl: Duration) -> Result<Lock> {
+    /// One Redlock round: SET NX PX everywhere at once, decide at quorum, check validity (and,
+    /// fenced, publish the token on a quorum first).
+    async fn attempt(&self, resource: &str, ttl: Duration, fenced: bool) -> Result<Lock> {
         let settings = &self.shared.settings;
         let key: Arc<str> = settings.key(resource)?.into();
         settings.check_ttl(ttl)?;
@@ -262,56 +275,123 @@ impl Redlock {
         // from the validity whatever happens while waiting for replies.
         let t1 = Instant::now();
         let mut guard = AttemptGuard {
-            votes: Some(Votes::send(&self.shared, &key, &value, ttl)),
+            votes: Some(Votes::send(&self.shared, &key, &value, ttl, fenced)),
             shared: &self.shared,
             key: &key,
             value: &value,
         };
-        let votes = guard.votes.as_mut().ok_or(Error::EmptyKey)?;
-        let (granted, tally) = votes.decide(&self.shared).await;
+        let outcome = match guard.votes.as_mut() {
+            Some(votes) => self.decide(votes, resource, &key, &value, fenced).await,
+            None => Err(Error::EmptyKey),
+        };
         let deadline = timing::deadline(t1, ttl, settings.drift(ttl));
-        let quorum = settings.quorum;
-        if granted && timing::still_valid(deadline, Instant::now(), settings.min_validity) {
-            let votes = guard.votes.take().ok_or(Error::EmptyKey)?;
+        let outcome = outcome.and_then(|fence| {
+            if timing::still_valid(deadline, Instant::now(), settings.min_validity) {
+                Ok(fence)
+            } else {
+                Err(Error::Expired {
+                    key: resource.to_owned(),
+                })
+            }
+        });
+        match (outcome, guard.votes.take()) {
+            (Ok(fence), Some(votes)) => {
+                debug!(elapsed_ms = t1.elapsed().as_millis(), fence = ?fence, "granted");
+                Ok(Lock::new(
+                    self.shared.clone(),
+                    resource.to_owned(),
+                    key.clone(),
+                    value.clone(),
+                    ttl,
+                    deadline,
+                    votes,
+                    fence,
+                ))
+            }
+            (outcome, mut votes) => {
+                // Not granted: undo every SET that may have applied before reporting, so a
+                // competitor does not wait a whole ttl for our partial lock. Stragglers are not
+                // waited for: the guard hands them to a background task that releases each
+                // behind its own SET.
+                if let Some(votes) = votes.as_mut() {
+                    votes.release_settled(&self.shared, &key, &value).await;
+                }
+                guard.votes = votes;
+                let error = outcome.err().unwrap_or(Error::EmptyKey);
+                debug!(%error, "denied");
+                Err(error)
+            }
+        }
+    }
+
+    /// Collects votes until the outcome is known; with fencing, runs phase 2. Returns the fence
+    /// token (if fenced) when a quorum granted.
+    async fn decide(
+        &self,
+        votes: &mut Votes,
+        resource: &str,
+        key: &str,
+        value: &str,
+        fenced: bool,
+    ) -> Result<Option<FencingToken>> {
+        let quorum = self.shared.settings.quorum;
+        let (granted, tally) = votes.decide(&self.shared).await;
+        if !granted {
             debug!(
                 acquired = tally.acquired,
+                busy = tally.busy,
                 quorum,
-                elapsed_ms = t1.elapsed().as_millis(),
-                "granted"
+                "not granted"
             );
-            return Ok(Lock::new(
-                self.shared.clone(),
-                resource.to_owned(),
-                key.clone(),
-                value.clone(),
-                ttl,
-                deadline,
-                votes,
-            ));
+            return Err(
+                if timing::is_contention(tally.busy, self.shared.nodes.len(), quorum) {
+                    Error::Contended {
+                        key: resource.to_owned(),
+                        attempts: 1,
+                    }
+                } else {
+                    Error::NoQuorum {
+                        acquired: tally.acquired,
+                        quorum,
+                        failures: std::mem::take(&mut votes.failures),
+                    }
+                },
+            );
         }
-        // Not granted: undo every SET that may have applied before reporting, so a competitor
-        // does not wait a whole ttl for our partial lock. Stragglers are not waited for: the
-        // guard hands them to a background task that releases each behind its own SET.
-        votes.release_settled(&self.shared, &key, &value).await;
-        let failures = std::mem::take(&mut votes.failures);
-        let error = if granted {
-            Error::Expired {
-                key: resource.to_owned(),
+        if !fenced {
+            return Ok(None);
+        }
+        // Phase 2: publish t = 1 + max(counters of the granting nodes) on those nodes, while
+        // they still hold our token. Only a quorum of confirmations makes t a valid token.
+        let granting = votes.granted_fences();
+        let t = 1 + granting.iter().map(|(_, f)| *f).max().unwrap_or(0);
+        let results = join_all(granting.iter().map(|(index, _)| {
+            let node = &self.shared.nodes[*index];
+            async move {
+                node.publish_fence(key, value, t)
+                    .await
+                    .map_err(|k| node.error(k))
             }
-        } else if timing::is_contention(tally.busy, self.shared.nodes.len(), quorum) {
-            Error::Contended {
-                key: resource.to_owned(),
-                attempts: 1,
+        }))
+        .await;
+        let mut published = 0;
+        let mut failures = Vec::new();
+        for result in results {
+            match result {
+                Ok(true) => published += 1,
+                Ok(false) => {}
+                Err(e) => failures.push(e),
             }
-        } else {
-            Error::NoQuorum {
-                acquired: tally.acquired,
+        }
+        if published < quorum {
+            warn!(published, quorum, "fence token not published on a quorum");
+            return Err(Error::NoQuorum {
+                acquired: published,
                 quorum,
                 failures,
-            }
-        };
-        debug!(acquired = tally.acquired, busy = tally.busy, quorum, %error, "denied");
-        Err(error)
+            });
+        }
+        Ok(Some(FencingToken::new(t)))
     }
 }
 

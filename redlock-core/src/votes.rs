@@ -29,6 +29,8 @@ pub(crate) enum Slot {
         holds: Holds,
         /// The connection the SET went out on, when it went out.
         link: Option<Link>,
+        /// With fencing, the node's fence counter read when our SET applied.
+        fence: Option<u64>,
     },
 }
 
@@ -72,6 +74,7 @@ impl Votes {
         key: &Arc<str>,
         value: &Arc<str>,
         ttl: Duration,
+        fenced: bool,
     ) -> Votes {
         let n = shared.nodes.len();
         let (tx, rx) = mpsc::channel(n);
@@ -80,7 +83,9 @@ impl Votes {
             let span = debug_span!("redlock.set", node = %shared.nodes[index].addr());
             tokio::spawn(
                 async move {
-                    let (vote, link) = shared.nodes[index].set_nx_px(&key, &value, ttl).await;
+                    let (vote, link) = shared.nodes[index]
+                        .set_nx_px(&key, &value, ttl, fenced)
+                        .await;
                     // The receiver may be gone (the lock was released without waiting); then
                     // nobody needs the answer.
                     let _ = tx.send((index, vote, link)).await;
@@ -109,6 +114,7 @@ impl Votes {
                     *slot = Slot::Settled {
                         holds: Holds::Maybe,
                         link: None,
+                        fence: None,
                     };
                 }
             }
@@ -116,8 +122,12 @@ impl Votes {
             return false;
         };
         self.pending -= 1;
+        let mut fence = None;
         let holds = match vote {
-            Vote::Acquired => Holds::Yes,
+            Vote::Acquired(counter) => {
+                fence = counter;
+                Holds::Yes
+            }
             Vote::Busy => {
                 self.busy += 1;
                 Holds::No
@@ -127,7 +137,7 @@ impl Votes {
                 if sent { Holds::Maybe } else { Holds::No }
             }
         };
-        self.slots[index] = Slot::Settled { holds, link };
+        self.slots[index] = Slot::Settled { holds, link, fence };
         true
     }
 
@@ -198,6 +208,7 @@ impl Votes {
                 Slot::Settled {
                     holds: holds @ (Holds::Yes | Holds::Maybe),
                     link,
+                    ..
                 } => {
                     // An answered SET leaves nothing in flight, so any connection will do; a doubtful
                     // one must be followed on its own connection.
@@ -224,6 +235,22 @@ impl Votes {
             }
         }
         tally
+    }
+
+    /// Nodes that granted, with their fence counters (fenced attempts only).
+    pub(crate) fn granted_fences(&self) -> Vec<(usize, u64)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| match slot {
+                Slot::Settled {
+                    holds: Holds::Yes,
+                    fence: Some(f),
+                    ..
+                } => Some((index, *f)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// True when nothing is pending and no node may hold our token.

@@ -1,0 +1,104 @@
+//! Auto-extension: keeps a lock alive while its holder works.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tracing::{Instrument, debug, debug_span, warn};
+
+use crate::{error::Error, lock::LockState};
+
+/// How a lock is kept alive by [`Lock::auto_extend`](crate::Lock::auto_extend),
+/// [`Redlock::run`](crate::Redlock::run) and the tower and apalis guards.
+///
+/// Every `every` (a third of the ttl by default) the lock is extended by its ttl, each attempt
+/// anchored at its own send time. A failed attempt keeps the old deadline and is retried sooner
+/// while the deadline has not passed; extension never happens after it (no resurrection).
+/// With `max_hold`, the lock is never extended past that long after auto-extension started, and
+/// is then lost at its last deadline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AutoExtend {
+    /// Interval between extensions. Defaults to `None`: a third of the ttl.
+    pub every: Option<Duration>,
+    /// Longest total hold. Defaults to `None`: unbounded.
+    pub max_hold: Option<Duration>,
+}
+
+impl AutoExtend {
+    /// Extend every third of the ttl, without bound.
+    pub fn new() -> Self {
+        AutoExtend::default()
+    }
+
+    /// Sets the interval between extensions. Defaults to a third of the ttl.
+    #[must_use]
+    pub fn every(mut self, every: Duration) -> Self {
+        self.every = Some(every);
+        self
+    }
+
+    /// Sets the longest total hold. Defaults to unbounded.
+    #[must_use]
+    pub fn max_hold(mut self, max_hold: impl Into<Option<Duration>>) -> Self {
+        self.max_hold = max_hold.into();
+        self
+    }
+}
+
+/// Starts the watchdog task of one lock. It stops when the lock is released or dropped, when
+/// `max_hold` is reached, or when the deadline passes.
+pub(crate) fn spawn(state: Arc<LockState>, config: AutoExtend) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        warn!("no tokio runtime: auto-extension is off");
+        return;
+    };
+    let span = debug_span!("redlock.watchdog", key = %state.key_str());
+    runtime.spawn(run(state, config).instrument(span));
+}
+
+async fn run(state: Arc<LockState>, config: AutoExtend) {
+    let started = Instant::now();
+    let ttl = state.ttl();
+    let every = config
+        .every
+        .unwrap_or(ttl / 3)
+        .max(Duration::from_millis(1));
+    let mut next = started + every;
+    loop {
+        let stopped = state.stopped().notified();
+        if state.is_released() {
+            return;
+        }
+        tokio::select! {
+            () = stopped => return,
+            () = tokio::time::sleep_until(next.into()) => {}
+        }
+        let now = Instant::now();
+        let deadline = state.deadline();
+        if now >= deadline {
+            return;
+        }
+        let mut extension = ttl;
+        if let Some(max_hold) = config.max_hold {
+            let end = started + max_hold;
+            if now >= end {
+                debug!("max hold reached: no more extensions");
+                return;
+            }
+            extension = extension.min(end - now);
+        }
+        match state.extend_by(extension).await {
+            Ok(_) => next = Instant::now() + every,
+            Err(Error::Expired { .. }) => return,
+            // A ttl cut down by max_hold below the drift: the hold is over.
+            Err(e) if e.is_input() => return,
+            Err(e) => {
+                debug!(error = %e, "extension failed, retrying");
+                let left = state.deadline().saturating_duration_since(Instant::now());
+                next = Instant::now() + (every / 4).min(left / 2).max(Duration::from_millis(1));
+            }
+        }
+    }
+}
