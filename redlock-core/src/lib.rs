@@ -18,7 +18,7 @@
 //!     .build()?;
 //! redlock.connect().await?; // optional: fail fast when no quorum is reachable
 //!
-//! let mut lock = redlock.lock("orders:42").await?;
+//! let lock = redlock.lock("orders:42").await?;
 //! println!("held for {:?}", lock.remaining());
 //! lock.extend().await?;
 //! lock.release().await?;

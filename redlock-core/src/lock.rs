@@ -239,8 +239,9 @@ impl Lock {
     }
 
     /// Releases the lock: compare-and-delete on every node where our token is or may be stored,
-    /// including nodes whose SET failed or never answered (each behind its own SET). A key
-    /// holding another token is never touched.
+    /// including nodes whose SET failed or never answered (each behind its own SET, on the same
+    /// connection). A key holding another token is never touched. Bounded: a SET still unanswered
+    /// is waited for at most its node timeout, and each release too.
     ///
     /// # Errors
     ///
@@ -262,7 +263,9 @@ impl Lock {
             });
         };
         // The votes stay in place until the release is done: if this future is dropped mid-way,
-        // dropping the Lock hands what is left to a background task.
+        // dropping the Lock hands what is left to a background task. Stragglers (SETs still
+        // unanswered) are awaited, within their node timeout, so that each is released behind
+        // its own SET and the outcome covers every node.
         let tally = votes.release(&state.shared, &state.key, &state.value).await;
         *guard = None;
         drop(guard);
@@ -298,7 +301,10 @@ impl LockState {
             .saturating_duration_since(Instant::now());
         f.debug_struct(name)
             .field("resource", &self.resource)
-            .field("token", &format_args!("\"{}…\"", &self.value[..4]))
+            .field(
+                "token",
+                &format_args!("\"{}…\"", self.value.get(..4).unwrap_or_default()),
+            )
             .field("fencing_token", &self.fencing_token)
             .field("remaining", &remaining)
             .finish()
@@ -333,16 +339,14 @@ impl LockState {
     pub(crate) async fn extend_by(&self, ttl: Duration) -> Result<Instant> {
         let shared = &self.shared;
         shared.settings.check_ttl(ttl)?;
-        {
-            let mut votes = self.votes.lock().await;
-            let Some(votes) = votes.as_mut() else {
-                return Err(Error::Expired {
-                    key: self.resource.clone(),
-                });
-            };
-            // Stragglers must answer first, so an extension never races a SET of our own.
-            votes.settle(shared).await;
+        if self.is_released() {
+            return Err(Error::Expired {
+                key: self.resource.clone(),
+            });
         }
+        // Stragglers are not waited for: an extension that overtakes our own late SET finds no
+        // key there and leaves it alone, and the SET then applies with its own ttl under our
+        // token, which the release removes.
         let t1 = Instant::now();
         let old_deadline = self.deadline();
         if t1 >= old_deadline {

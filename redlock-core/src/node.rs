@@ -289,9 +289,18 @@ impl Node {
         key: &str,
         token: &str,
     ) -> Result<bool, NodeErrorKind> {
-        let n: i64 = self
-            .script(link, &scripts::RELEASE, key, &[token.to_owned()])
-            .await?;
+        let n: i64 = match link {
+            Some(link) if !link.broken.load(Ordering::Relaxed) => {
+                let mut conn = link.conn.clone();
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(scripts::RELEASE_LUA).arg(1).arg(key).arg(token);
+                self.run(link, eval.query_async(&mut conn)).await?
+            }
+            _ => {
+                self.script(&scripts::RELEASE, key, &[token.to_owned()])
+                    .await?
+            }
+        };
         Ok(n == 1)
     }
 
@@ -304,7 +313,6 @@ impl Node {
     ) -> Result<bool, NodeErrorKind> {
         let n: i64 = self
             .script(
-                None,
                 &scripts::EXTEND,
                 key,
                 &[token.to_owned(), ttl_millis(ttl).to_string()],
@@ -315,15 +323,11 @@ impl Node {
 
     async fn script(
         &self,
-        link: Option<&Link>,
         script: &redis::Script,
         key: &str,
         args: &[String],
     ) -> Result<i64, NodeErrorKind> {
-        let link = match link {
-            Some(link) if !link.broken.load(Ordering::Relaxed) => link.clone(),
-            _ => self.link().await?,
-        };
+        let link = self.link().await?;
         let mut invocation = script.prepare_invoke();
         invocation.key(key);
         for arg in args {

@@ -102,6 +102,16 @@ impl Votes {
         }
     }
 
+    /// Records every reply that has already arrived, without waiting.
+    pub(crate) fn drain(&mut self, shared: &Shared) {
+        while self.pending > 0 {
+            match self.rx.try_recv() {
+                Ok((index, vote, link)) => self.record(shared, index, vote, link),
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Waits for the next reply; `false` when none is pending.
     async fn next(&mut self, shared: &Shared) -> bool {
         if self.pending == 0 {
@@ -121,6 +131,11 @@ impl Votes {
             self.pending = 0;
             return false;
         };
+        self.record(shared, index, vote, link);
+        true
+    }
+
+    fn record(&mut self, shared: &Shared, index: usize, vote: Vote, link: Option<Link>) {
         self.pending -= 1;
         let mut fence = None;
         let holds = match vote {
@@ -138,7 +153,6 @@ impl Votes {
             }
         };
         self.slots[index] = Slot::Settled { holds, link, fence };
-        true
     }
 
     fn count(&self, holds: Holds) -> usize {
@@ -200,6 +214,8 @@ impl Votes {
         key: &str,
         value: &str,
     ) -> ReleaseTally {
+        // Replies that arrived since the decision are as good as settled.
+        self.drain(shared);
         let calls = self
             .slots
             .iter_mut()

@@ -134,6 +134,9 @@ pub(crate) fn server_args(
         "no",
         "--protected-mode",
         "no",
+        // Tests stall nodes with DEBUG SLEEP (Redis 7+ refuses DEBUG unless enabled).
+        "--enable-debug-command",
+        "local",
         "--dir",
         &dir,
         "--logfile",

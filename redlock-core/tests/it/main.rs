@@ -1,1 +1,11 @@
+//! Integration tests of redlock-core against real `redis-server` nodes started by the harness.
 
+mod acquire;
+mod cancel;
+mod extend;
+mod faults;
+mod fencing;
+mod input;
+mod lifecycle;
+mod release;
+mod support;

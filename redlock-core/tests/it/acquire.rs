@@ -1,0 +1,265 @@
+//! Acquisition: DESIGN.md §3.2 rules 1–5, against real nodes.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use redlock_core::{Error, LockOptions, Retry};
+
+use crate::support::{cluster, eventually, redlock, redlock_with, stall_all};
+
+/// Rule 1 and 4: the deadline is `T1 + ttl − drift` with T1 taken before the first send, so time
+/// spent waiting for replies is subtracted from the validity. All nodes are stalled for 300 ms
+/// during the acquisition: a T1 taken after the replies would push the deadline past
+/// `invoke + ttl − drift`.
+#[tokio::test]
+async fn deadline_is_anchored_before_the_first_send() {
+    let nodes = cluster(3);
+    let ttl = Duration::from_secs(5);
+    let redlock = redlock_with(&nodes, |b| b.ttl(ttl).node_timeout(Duration::from_secs(2)));
+    redlock.connect().await.unwrap();
+    let stalls = stall_all(&nodes, 0.5);
+    let invoked = Instant::now();
+    let lock = redlock.lock("deadline").await.unwrap();
+    let took = invoked.elapsed();
+    let drift = Duration::from_secs_f64(ttl.as_secs_f64() * 0.01) + Duration::from_millis(2);
+    assert!(
+        took >= Duration::from_millis(200),
+        "the nodes were stalled: {took:?}"
+    );
+    // T1 lies between the call and the first send (microseconds apart); a T1 taken after the
+    // replies would be `took` later.
+    let slack = Duration::from_millis(50);
+    assert!(
+        lock.deadline() >= invoked + ttl - drift,
+        "anchored at T1 >= invoke"
+    );
+    assert!(
+        lock.deadline() <= invoked + ttl - drift + slack,
+        "deadline overstated"
+    );
+    assert!(lock.remaining() <= ttl - drift - (took - slack));
+    lock.release().await.unwrap();
+    stalls.into_iter().for_each(|h| h.join().unwrap());
+}
+
+/// Rule 4: a quorum reached too late to leave `min_validity` is not granted, and the keys it
+/// wrote are released at once.
+#[tokio::test]
+async fn slow_acquisition_without_enough_validity_is_refused_and_undone() {
+    let nodes = cluster(3);
+    let redlock = redlock_with(&nodes, |b| {
+        b.ttl(Duration::from_millis(3000))
+            .min_validity(Duration::from_millis(2900))
+            .node_timeout(Duration::from_secs(2))
+            .retry(Retry::none())
+    });
+    redlock.connect().await.unwrap();
+    let stalls = stall_all(&nodes, 0.2);
+    let err = redlock.lock("slow").await.unwrap_err();
+    assert!(matches!(err, Error::Expired { .. }), "{err:?}");
+    // Settled nodes are released before `lock` returns, a straggler right behind its SET.
+    assert!(
+        eventually(Duration::from_secs(2), || crate::support::values(
+            &nodes,
+            "redlock:slow"
+        ) == vec![None, None, None])
+        .await
+    );
+    stalls.into_iter().for_each(|h| h.join().unwrap());
+}
+
+/// Rules 2, 3 and 7: SETs go to every node at once and the outcome is decided as soon as a
+/// quorum answered. One node is frozen and the node timeout is 2 s: waiting for it, or asking
+/// the nodes one by one, would take at least that long; deciding at quorum takes a millisecond
+/// or two. The frozen node's SET applies when it resumes, and the release queued behind it on the
+/// same connection removes it.
+#[tokio::test]
+async fn quorum_decides_without_waiting_for_a_frozen_node() {
+    let nodes = cluster(3);
+    let node_timeout = Duration::from_secs(2);
+    let redlock = redlock_with(&nodes, |b| {
+        b.ttl(Duration::from_secs(30)).node_timeout(node_timeout)
+    });
+    redlock.connect().await.unwrap();
+    for frozen in 0..3 {
+        nodes[frozen].pause().unwrap();
+        let lock = tokio::time::timeout(node_timeout / 2, redlock.lock("fanout"))
+            .await
+            .expect("decided at quorum, before the frozen node's timeout")
+            .unwrap();
+        let held = values(&nodes_except(&nodes, frozen), "redlock:fanout");
+        assert!(held.iter().all(Option::is_some), "{held:?}");
+        let release = lock.release().await.unwrap();
+        assert_eq!(release.released, 2);
+        assert_eq!(
+            release.failures.len(),
+            1,
+            "the frozen node could not answer"
+        );
+        nodes[frozen].resume().unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || nodes[frozen]
+                .get("redlock:fanout")
+                .unwrap()
+                .is_none())
+            .await,
+            "the late SET on node {frozen} was released behind it"
+        );
+    }
+}
+
+fn nodes_except(cluster: &redlock_tests::Cluster, skip: usize) -> Vec<&redlock_tests::RedisNode> {
+    cluster
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != skip)
+        .map(|(_, n)| n)
+        .collect()
+}
+
+fn values(nodes: &[&redlock_tests::RedisNode], key: &str) -> Vec<Option<String>> {
+    nodes.iter().map(|n| n.get(key).unwrap()).collect()
+}
+
+/// Rule 2 (tokens): every attempt stores a fresh 128-bit token, 32 hex digits, never reused.
+#[tokio::test]
+async fn every_acquisition_stores_a_fresh_128_bit_token() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let lock = redlock.lock("token").await.unwrap();
+        // A quorum has the token when `lock` returns; a straggler may still be on its way.
+        let stored: Vec<String> = crate::support::values(&nodes, "redlock:token")
+            .into_iter()
+            .flatten()
+            .collect();
+        assert!(stored.len() >= 2);
+        let token = stored[0].clone();
+        assert!(stored.iter().all(|v| *v == token));
+        assert_eq!(token.len(), 32);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(seen.insert(token), "token reused");
+        lock.release().await.unwrap();
+    }
+}
+
+/// Rule 5 (contention): a key held by someone else on a majority is reported as contended,
+/// after the configured number of attempts, and none of our keys stay behind on the minority
+/// node where our SET succeeded.
+#[tokio::test]
+async fn contended_attempt_leaves_none_of_our_keys() {
+    let nodes = cluster(3);
+    nodes[0].set("redlock:busy", "someone-else").unwrap();
+    nodes[1].set("redlock:busy", "someone-else").unwrap();
+    let redlock = redlock_with(&nodes, |b| {
+        b.retry(Retry::jittered(3, Duration::from_millis(5)))
+    });
+    let err = redlock.lock("busy").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Contended { attempts: 3, .. }),
+        "{err:?}"
+    );
+    assert!(err.is_contended() && err.is_retryable());
+    // The vote was decided by the two busy nodes; our SET on node 2 may answer just after, and
+    // is then released right behind it.
+    let expected = vec![
+        Some("someone-else".to_owned()),
+        Some("someone-else".to_owned()),
+        None,
+    ];
+    assert!(
+        eventually(Duration::from_secs(2), || crate::support::values(
+            &nodes,
+            "redlock:busy"
+        ) == expected)
+        .await,
+        "{:?}",
+        crate::support::values(&nodes, "redlock:busy")
+    );
+    assert!(redlock.try_lock("busy").await.unwrap().is_none());
+}
+
+/// Rule 5 (retries): `lock` keeps trying with jittered pauses and gets the lock once the holder
+/// releases it.
+#[tokio::test]
+async fn lock_retries_until_the_holder_releases() {
+    let nodes = cluster(3);
+    let redlock = redlock_with(&nodes, |b| {
+        b.retry(Retry::jittered(200, Duration::from_millis(5)))
+    });
+    let held = redlock.lock("handover").await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = {
+        let redlock = redlock.clone();
+        tokio::spawn(async move {
+            tx.send(()).unwrap();
+            redlock.lock("handover").await
+        })
+    };
+    rx.await.unwrap();
+    held.release().await.unwrap();
+    let lock = waiter.await.unwrap().expect("acquired after the release");
+    lock.release().await.unwrap();
+}
+
+/// Mutual exclusion under contention: tasks on several `Redlock` clients (as on several hosts)
+/// take turns on one resource, and never two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_never_overlap() {
+    let nodes = cluster(3);
+    let inside = Arc::new(AtomicUsize::new(0));
+    let max_inside = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let redlock = redlock_with(&nodes, |b| {
+            b.retry(Retry::new(
+                400,
+                Duration::from_millis(1),
+                Duration::from_millis(5),
+            ))
+        });
+        let (inside, max_inside, done) = (inside.clone(), max_inside.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let lock = redlock.lock("shared").await.unwrap();
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                max_inside.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                lock.release().await.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 40);
+    assert_eq!(max_inside.load(Ordering::SeqCst), 1);
+}
+
+/// Per-call ttl: `lock_with` writes the requested expiry.
+#[tokio::test]
+async fn lock_with_uses_the_requested_ttl() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let lock = redlock
+        .lock_with("short", LockOptions::new().ttl(Duration::from_millis(1500)))
+        .await
+        .unwrap();
+    let pttl = nodes[0]
+        .query(&["PTTL", "redlock:short"])
+        .unwrap()
+        .as_int()
+        .unwrap();
+    assert!(pttl > 1000 && pttl <= 1500, "{pttl}");
+    assert!(lock.remaining() <= Duration::from_millis(1500));
+    lock.release().await.unwrap();
+}

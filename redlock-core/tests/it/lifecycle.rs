@@ -1,0 +1,194 @@
+//! Lifecycle: lost-lock signal, auto-extension, scoped `run` (DESIGN.md §3.4).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use redlock_core::{AutoExtend, Error, LockOptions};
+
+use crate::support::{cluster, eventually, key_count, redlock, redlock_with};
+
+/// `lost()` fires at the local deadline even when every node is unreachable: it needs no reply.
+#[tokio::test]
+async fn lost_fires_at_the_deadline_with_all_nodes_frozen() {
+    let nodes = cluster(3);
+    let redlock = redlock_with(&nodes, |b| {
+        b.ttl(Duration::from_millis(400))
+            .node_timeout(Duration::from_millis(50))
+    });
+    let lock = redlock.lock("lost").await.unwrap();
+    let lost = lock.lost();
+    for node in nodes.iter() {
+        node.pause().unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(3), lost.clone())
+        .await
+        .expect("lost fires");
+    assert!(Instant::now() >= lock.deadline());
+    assert!(!lock.is_valid());
+    for node in nodes.iter() {
+        node.resume().unwrap();
+    }
+    drop(lock);
+}
+
+/// Auto-extension keeps a lock for ten times its ttl while the nodes are healthy; nobody else
+/// can take it meanwhile, and `lost()` does not fire.
+#[tokio::test]
+async fn auto_extension_holds_a_lock_for_ten_ttls() {
+    let nodes = cluster(3);
+    let ttl = Duration::from_millis(300);
+    let redlock = redlock_with(&nodes, |b| {
+        b.ttl(ttl).node_timeout(Duration::from_millis(50))
+    });
+    let other = redlock_with(&nodes, |b| b.ttl(ttl));
+    let lock = redlock.lock("kept").await.unwrap();
+    lock.auto_extend(AutoExtend::new());
+    let first_deadline = lock.deadline();
+    let mut lost = std::pin::pin!(lock.lost());
+    let until = Instant::now() + ttl * 10;
+    while Instant::now() < until {
+        tokio::select! {
+            () = &mut lost => panic!("lock lost while nodes were healthy"),
+            () = tokio::time::sleep(ttl / 2) => {}
+        }
+        assert!(
+            other.try_lock("kept").await.unwrap().is_none(),
+            "someone else got it"
+        );
+    }
+    assert!(lock.is_valid());
+    assert!(lock.deadline() > first_deadline + ttl * 8);
+    lock.release().await.unwrap();
+    assert!(eventually(Duration::from_secs(2), || key_count(&nodes) == 0).await);
+}
+
+/// With `max_hold`, auto-extension stops and the lock is lost at the last deadline, no sooner
+/// than the bound minus drift.
+#[tokio::test]
+async fn auto_extension_stops_at_max_hold() {
+    let nodes = cluster(3);
+    let ttl = Duration::from_millis(300);
+    let redlock = redlock_with(&nodes, |b| {
+        b.ttl(ttl).node_timeout(Duration::from_millis(50))
+    });
+    let lock = redlock.lock("bounded").await.unwrap();
+    let started = Instant::now();
+    lock.auto_extend(AutoExtend::new().max_hold(Duration::from_millis(900)));
+    tokio::time::timeout(Duration::from_secs(5), lock.lost())
+        .await
+        .expect("lost after max_hold");
+    let held = started.elapsed();
+    assert!(
+        held >= Duration::from_millis(800),
+        "extended until max_hold: {held:?}"
+    );
+    assert!(
+        held <= Duration::from_millis(900) + ttl,
+        "not past max_hold: {held:?}"
+    );
+    drop(lock);
+}
+
+/// `run` drops the user future within a small bound after the deadline when a majority of
+/// nodes is paused mid-hold, and returns `Error::Lost`.
+#[tokio::test]
+async fn run_drops_the_work_when_the_lock_is_lost() {
+    let nodes = cluster(3);
+    let ttl = Duration::from_millis(400);
+    let redlock = redlock_with(&nodes, |b| {
+        b.ttl(ttl).node_timeout(Duration::from_millis(50))
+    });
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let finished = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let run = {
+        let (redlock, finished, dropped) = (redlock.clone(), finished.clone(), dropped.clone());
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let out = redlock
+                .run("scoped", |lock| async move {
+                    let _on_drop = SetOnDrop(dropped);
+                    started_tx.send(lock.deadline()).unwrap();
+                    std::future::pending::<()>().await;
+                    finished.store(true, Ordering::SeqCst);
+                })
+                .await;
+            (out, t0)
+        })
+    };
+    let first_deadline = started_rx.await.unwrap();
+    nodes[0].pause().unwrap();
+    nodes[1].pause().unwrap();
+    let (out, _) = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("bounded")
+        .unwrap();
+    let returned = Instant::now();
+    assert!(matches!(out, Err(Error::Lost { .. })), "{out:?}");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the work future was dropped"
+    );
+    assert!(!finished.load(Ordering::SeqCst));
+    // Extensions after the pause fail, so the deadline is at most one extension later.
+    assert!(
+        returned <= first_deadline + ttl + Duration::from_millis(300),
+        "dropped soon after the deadline"
+    );
+    nodes[0].resume().unwrap();
+    nodes[1].resume().unwrap();
+}
+
+/// `run` returns the work's output and releases the lock.
+#[tokio::test]
+async fn run_returns_the_output_and_releases() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let out = redlock
+        .run("scoped-ok", |lock| async move {
+            assert!(lock.is_valid());
+            lock.resource().to_owned()
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, "scoped-ok");
+    assert!(eventually(Duration::from_secs(2), || key_count(&nodes) == 0).await);
+}
+
+/// A panic inside `run`'s work still releases the lock.
+#[tokio::test]
+async fn run_releases_when_the_work_panics() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let task = {
+        let redlock = redlock.clone();
+        tokio::spawn(async move {
+            redlock
+                .run_with(
+                    "panics",
+                    LockOptions::new(),
+                    AutoExtend::new(),
+                    |_lock| async move {
+                        panic!("work failed");
+                    },
+                )
+                .await
+        })
+    };
+    assert!(task.await.unwrap_err().is_panic());
+    assert!(eventually(Duration::from_secs(2), || key_count(&nodes) == 0).await);
+    assert!(redlock.try_lock("panics").await.unwrap().is_some());
+}
+
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}

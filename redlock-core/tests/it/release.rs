@@ -1,0 +1,114 @@
+//! Release: owner-only compare-and-delete (DESIGN.md §3.3).
+
+use std::time::Duration;
+
+use crate::support::{cluster, eventually, redlock, values};
+
+/// A lock whose keys expired and were taken by someone else must not delete their keys: the
+/// release compares the stored value with our token on each node.
+#[tokio::test]
+async fn release_leaves_a_key_held_by_another_token() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let lock = redlock.lock("owned").await.unwrap();
+    for node in nodes.iter() {
+        node.set("redlock:owned", "another-owner").unwrap();
+    }
+    let release = lock.release().await.unwrap();
+    assert_eq!(release.released, 0);
+    // Every node asked answered "not ours" (a straggler whose SET lost the race is not asked).
+    assert!(release.absent >= 2, "{release:?}");
+    assert!(release.was_expired());
+    assert_eq!(
+        values(&nodes, "redlock:owned"),
+        vec![Some("another-owner".into()); 3]
+    );
+}
+
+/// A normal release deletes our key on every node and says so.
+#[tokio::test]
+async fn release_deletes_our_key_everywhere() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let lock = redlock.lock("mine").await.unwrap();
+    // A quorum answered before `lock` returned; the third SET lands a moment later.
+    assert!(
+        eventually(Duration::from_secs(2), || values(&nodes, "redlock:mine")
+            .iter()
+            .all(Option::is_some))
+        .await
+    );
+    let release = lock.release().await.unwrap();
+    assert_eq!((release.released, release.absent), (3, 0));
+    assert!(!release.was_expired());
+    assert_eq!(values(&nodes, "redlock:mine"), vec![None, None, None]);
+}
+
+/// Scripts run by EVALSHA; after `SCRIPT FLUSH` (as after a restart) the NOSCRIPT answer makes
+/// the client load the script and retry, so release and extend keep working.
+#[tokio::test]
+async fn release_and_extend_survive_script_flush() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let lock = redlock.lock("flush").await.unwrap();
+    lock.extend().await.unwrap();
+    for node in nodes.iter() {
+        assert_eq!(
+            node.query(&["SCRIPT", "FLUSH"]).unwrap().as_str(),
+            Some("OK")
+        );
+    }
+    lock.extend_by(Duration::from_secs(20)).await.unwrap();
+    let pttl = nodes[1]
+        .query(&["PTTL", "redlock:flush"])
+        .unwrap()
+        .as_int()
+        .unwrap();
+    assert!(pttl > 10_000, "extended to 20 s: {pttl}");
+    for node in nodes.iter() {
+        node.query(&["SCRIPT", "FLUSH"]).unwrap();
+    }
+    let release = lock.release().await.unwrap();
+    assert_eq!(release.released, 3);
+    assert_eq!(values(&nodes, "redlock:flush"), vec![None, None, None]);
+}
+
+/// A node restart kills its connections and empties its script cache (and, without persistence,
+/// its keys). Extension still reaches a quorum, release works, and the next lock uses a fresh
+/// connection to the restarted node.
+#[tokio::test]
+async fn release_and_extend_survive_a_node_restart() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let lock = redlock.lock("restart").await.unwrap();
+    nodes[0].restart().unwrap();
+    lock.extend().await.expect("a quorum still holds our token");
+    let release = lock.release().await.unwrap();
+    assert_eq!(release.released, 2, "node 0 lost the key in its restart");
+    // The dead connection is retired on first use; within a couple of locks node 0 is back.
+    let mut node0_back = false;
+    for _ in 0..3 {
+        let lock = redlock.lock("restart").await.unwrap();
+        node0_back = nodes[0].get("redlock:restart").unwrap().is_some();
+        lock.extend().await.unwrap();
+        lock.release().await.unwrap();
+        if node0_back {
+            break;
+        }
+    }
+    assert!(node0_back, "the pool reconnected to the restarted node");
+    assert_eq!(values(&nodes, "redlock:restart"), vec![None, None, None]);
+}
+
+/// `Debug` of a lock never shows its token.
+#[tokio::test]
+async fn debug_output_never_shows_the_token() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let lock = redlock.lock("secret").await.unwrap();
+    let token = nodes[0].get("redlock:secret").unwrap().unwrap();
+    let shown = format!("{lock:?} {:?}", lock.handle());
+    assert!(!shown.contains(&token), "{shown}");
+    assert!(!shown.contains(&token[4..12]), "{shown}");
+    lock.release().await.unwrap();
+}

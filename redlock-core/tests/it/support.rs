@@ -1,0 +1,84 @@
+//! Shared set-up: a cluster of real nodes and a Redlock over it.
+
+use std::time::{Duration, Instant};
+
+use redlock_core::{Redlock, RedlockBuilder, Retry};
+use redlock_tests::Cluster;
+
+pub(crate) fn cluster(n: usize) -> Cluster {
+    Cluster::start(n).expect("redis-server nodes start")
+}
+
+/// A Redlock over `cluster` with test-friendly timeouts, customised by `f`.
+pub(crate) fn redlock_with(
+    cluster: &Cluster,
+    f: impl FnOnce(RedlockBuilder) -> RedlockBuilder,
+) -> Redlock {
+    let builder = Redlock::builder()
+        .nodes(cluster.urls())
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(200))
+        .retry(Retry::jittered(3, Duration::from_millis(10)));
+    f(builder).build().expect("valid configuration")
+}
+
+pub(crate) fn redlock(cluster: &Cluster) -> Redlock {
+    redlock_with(cluster, |b| b)
+}
+
+/// The value of `key` on every node, in node order.
+pub(crate) fn values(cluster: &Cluster, key: &str) -> Vec<Option<String>> {
+    cluster.iter().map(|n| n.get(key).expect("GET")).collect()
+}
+
+/// Total number of keys across the nodes that answer.
+pub(crate) fn key_count(cluster: &Cluster) -> i64 {
+    cluster.iter().filter_map(|n| n.dbsize().ok()).sum()
+}
+
+/// Polls `condition` every 5 ms until it holds or `within` passes; true if it held.
+pub(crate) async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs `DEBUG SLEEP secs` on every node at once, from threads, so the next commands queue
+/// behind it: a way to make every node slow without touching the client.
+pub(crate) fn stall_all(cluster: &Cluster, secs: f64) -> Vec<std::thread::JoinHandle<()>> {
+    let ports: Vec<u16> = cluster.iter().map(|n| n.port()).collect();
+    let handles = ports
+        .into_iter()
+        .map(|port| {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                let cmd = format!("DEBUG SLEEP {secs}\r\n");
+                s.write_all(cmd.as_bytes()).expect("write");
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf);
+            })
+        })
+        .collect();
+    // Wait until every node is inside its sleep: a PING with a short timeout no longer answers.
+    for node in cluster.iter() {
+        let started = Instant::now();
+        while node
+            .query_timeout(&["PING"], Duration::from_millis(20))
+            .is_ok()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "DEBUG SLEEP did not start"
+            );
+        }
+    }
+    handles
+}
