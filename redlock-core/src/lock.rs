@@ -17,6 +17,7 @@ use crate::{
     error::{Error, NodeError, Result},
     fencing::FencingToken,
     lost::LockLost,
+    node::Keys,
     redlock::Shared,
     timing,
     votes::Votes,
@@ -49,8 +50,10 @@ pub struct LockHandle {
 /// What a [`Lock`], its handles and its watchdog share.
 pub(crate) struct LockState {
     pub(crate) shared: Arc<Shared>,
-    resource: String,
-    key: Arc<str>,
+    /// The resources locked (one, or several for `lock_many`), sorted.
+    resources: Vec<String>,
+    /// Their keys on the nodes, in the same order.
+    keys: Keys,
     /// The token of the attempt that won; never shown in `Debug`.
     value: Arc<str>,
     fencing_token: Option<FencingToken>,
@@ -106,14 +109,24 @@ impl Release {
 /// The getters shared by [`Lock`] and [`LockHandle`].
 macro_rules! getters {
     () => {
-        /// The resource name given to `lock`.
+        /// The resource name given to `lock` (the first one, in sorted order, for `lock_many`).
         pub fn resource(&self) -> &str {
-            &self.state.resource
+            &self.state.resources[0]
+        }
+
+        /// Every resource this lock holds, sorted (one, unless acquired by `lock_many`).
+        pub fn resources(&self) -> &[String] {
+            &self.state.resources
         }
 
         /// The key stored on the nodes (the resource with the configured prefix).
         pub fn key(&self) -> &str {
-            &self.state.key
+            &self.state.keys[0]
+        }
+
+        /// Every key this lock holds on the nodes.
+        pub fn keys(&self) -> &[String] {
+            &self.state.keys
         }
 
         /// The lease length of the last acquisition or extension.
@@ -163,8 +176,8 @@ impl Lock {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<Shared>,
-        resource: String,
-        key: Arc<str>,
+        resources: Vec<String>,
+        keys: Keys,
         value: Arc<str>,
         ttl: Duration,
         deadline: Instant,
@@ -175,8 +188,8 @@ impl Lock {
         Lock {
             state: Arc::new(LockState {
                 shared,
-                resource,
-                key,
+                resources,
+                keys,
                 value,
                 fencing_token,
                 deadline,
@@ -252,21 +265,23 @@ impl Lock {
     /// # Cancel safety
     ///
     /// Dropping the future hands the release to a background task, as dropping the `Lock` does.
-    #[instrument(skip_all, fields(key = %self.state.key))]
+    #[instrument(skip_all, fields(key = %self.state.keys[0]))]
     pub async fn release(self) -> Result<Release> {
         let state = &self.state;
         state.stop();
         let mut guard = state.votes.lock().await;
         let Some(votes) = guard.as_mut() else {
             return Err(Error::Expired {
-                key: state.resource.clone(),
+                key: state.resource_name(),
             });
         };
         // The votes stay in place until the release is done: if this future is dropped mid-way,
         // dropping the Lock hands what is left to a background task. Stragglers (SETs still
         // unanswered) are awaited, within their node timeout, so that each is released behind
         // its own SET and the outcome covers every node.
-        let tally = votes.release(&state.shared, &state.key, &state.value).await;
+        let tally = votes
+            .release(&state.shared, &state.keys, &state.value)
+            .await;
         *guard = None;
         drop(guard);
         let quorum = state.shared.settings.quorum;
@@ -300,7 +315,7 @@ impl LockState {
             .borrow()
             .saturating_duration_since(Instant::now());
         f.debug_struct(name)
-            .field("resource", &self.resource)
+            .field("resources", &self.resources)
             .field(
                 "token",
                 &format_args!("\"{}…\"", self.value.get(..4).unwrap_or_default()),
@@ -311,7 +326,12 @@ impl LockState {
     }
 
     pub(crate) fn key_str(&self) -> &str {
-        &self.key
+        &self.keys[0]
+    }
+
+    /// The resources as one name, for errors.
+    pub(crate) fn resource_name(&self) -> String {
+        self.resources.join(",")
     }
 
     pub(crate) fn ttl(&self) -> Duration {
@@ -335,13 +355,13 @@ impl LockState {
         self.stop.notify_waiters();
     }
 
-    #[instrument(skip_all, fields(key = %self.key, ttl_ms = ttl.as_millis()))]
+    #[instrument(skip_all, fields(key = %self.keys[0], ttl_ms = ttl.as_millis()))]
     pub(crate) async fn extend_by(&self, ttl: Duration) -> Result<Instant> {
         let shared = &self.shared;
         shared.settings.check_ttl(ttl)?;
         if self.is_released() {
             return Err(Error::Expired {
-                key: self.resource.clone(),
+                key: self.resource_name(),
             });
         }
         // Stragglers are not waited for: an extension that overtakes our own late SET finds no
@@ -351,12 +371,12 @@ impl LockState {
         let old_deadline = self.deadline();
         if t1 >= old_deadline {
             return Err(Error::Expired {
-                key: self.resource.clone(),
+                key: self.resource_name(),
             });
         }
-        let (key, value) = (&*self.key, &*self.value);
+        let (keys, value) = (&*self.keys, &*self.value);
         let results = join_all(shared.nodes.iter().map(|node| async move {
-            node.extend(key, value, ttl)
+            node.extend(keys, value, ttl)
                 .await
                 .map_err(|kind| node.error(kind))
         }))
@@ -386,7 +406,7 @@ impl LockState {
             );
             return Err(if now >= old_deadline {
                 Error::Expired {
-                    key: self.resource.clone(),
+                    key: self.resource_name(),
                 }
             } else {
                 Error::NoQuorum {
@@ -416,10 +436,10 @@ impl Drop for Lock {
         match state.votes.try_lock() {
             Ok(mut guard) => {
                 if let Some(votes) = guard.take() {
-                    debug!(key = %state.key, "lock dropped without release: releasing in the background");
+                    debug!(key = %state.keys[0], "lock dropped without release: releasing in the background");
                     votes.release_in_background(
                         state.shared.clone(),
-                        state.key.clone(),
+                        state.keys.clone(),
                         state.value.clone(),
                     );
                 }
@@ -430,7 +450,9 @@ impl Drop for Lock {
                     runtime.spawn(async move {
                         let mut guard = state.votes.lock().await;
                         if let Some(votes) = guard.as_mut() {
-                            votes.release(&state.shared, &state.key, &state.value).await;
+                            votes
+                                .release(&state.shared, &state.keys, &state.value)
+                                .await;
                         }
                         *guard = None;
                     });

@@ -88,6 +88,9 @@ enum Pool {
     User(bb8::Pool<RedisConnectionManager>),
 }
 
+/// The keys of one lock: one per resource, at least one, sorted and without duplicates.
+pub(crate) type Keys = Arc<[String]>;
+
 /// One node of the Redlock set.
 pub(crate) struct Node {
     /// `host:port` for errors and traces; never the password.
@@ -227,7 +230,7 @@ impl Node {
     /// so a later release of a doubtful SET travels the same ordered connection.
     pub(crate) async fn set_nx_px(
         &self,
-        key: &str,
+        keys: &[String],
         token: &str,
         ttl: Duration,
         fenced: bool,
@@ -241,7 +244,9 @@ impl Node {
         };
         let mut conn = link.conn.clone();
         let ttl_ms = ttl_millis(ttl);
-        let vote = if fenced {
+        let vote = if let [key] = keys
+            && fenced
+        {
             // Phase 1 of fencing: SET NX PX and read the fence counter atomically.
             let mut invocation = fencing::ACQUIRE.prepare_invoke();
             invocation
@@ -257,12 +262,27 @@ impl Node {
                 Ok(_) => Vote::Busy,
                 Err(error) => Vote::Failed { error, sent: true },
             }
+        } else if keys.len() > 1 {
+            // All or nothing: every key is free and set, or none is touched.
+            let mut invocation = scripts::ACQUIRE_MANY.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            invocation.arg(token).arg(ttl_ms);
+            match self
+                .run(&link, invocation.invoke_async::<i64>(&mut conn))
+                .await
+            {
+                Ok(1) => Vote::Acquired(None),
+                Ok(_) => Vote::Busy,
+                Err(error) => Vote::Failed { error, sent: true },
+            }
         } else {
             let reply = self
                 .run(
                     &link,
                     redis::cmd("SET")
-                        .arg(key)
+                        .arg(&keys[0])
                         .arg(token)
                         .arg("NX")
                         .arg("PX")
@@ -286,35 +306,38 @@ impl Node {
     pub(crate) async fn release(
         &self,
         link: Option<&Link>,
-        key: &str,
+        keys: &[String],
         token: &str,
     ) -> Result<bool, NodeErrorKind> {
         let n: i64 = match link {
             Some(link) if !link.broken.load(Ordering::Relaxed) => {
                 let mut conn = link.conn.clone();
                 let mut eval = redis::cmd("EVAL");
-                eval.arg(scripts::RELEASE_LUA).arg(1).arg(key).arg(token);
+                eval.arg(scripts::RELEASE_LUA)
+                    .arg(keys.len())
+                    .arg(keys)
+                    .arg(token);
                 self.run(link, eval.query_async(&mut conn)).await?
             }
             _ => {
-                self.script(&scripts::RELEASE, key, &[token.to_owned()])
+                self.script(&scripts::RELEASE, keys, &[token.to_owned()])
                     .await?
             }
         };
-        Ok(n == 1)
+        Ok(n > 0)
     }
 
     /// Compare-and-extend. `Ok(true)` when our token was there and its expiry is now `ttl`.
     pub(crate) async fn extend(
         &self,
-        key: &str,
+        keys: &[String],
         token: &str,
         ttl: Duration,
     ) -> Result<bool, NodeErrorKind> {
         let n: i64 = self
             .script(
                 &scripts::EXTEND,
-                key,
+                keys,
                 &[token.to_owned(), ttl_millis(ttl).to_string()],
             )
             .await?;
@@ -324,12 +347,14 @@ impl Node {
     async fn script(
         &self,
         script: &redis::Script,
-        key: &str,
+        keys: &[String],
         args: &[String],
     ) -> Result<i64, NodeErrorKind> {
         let link = self.link().await?;
         let mut invocation = script.prepare_invoke();
-        invocation.key(key);
+        for key in keys {
+            invocation.key(key);
+        }
         for arg in args {
             invocation.arg(arg);
         }

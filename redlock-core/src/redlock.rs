@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Result},
     fencing::FencingToken,
     lock::Lock,
-    node::Node,
+    node::{Keys, Node},
     retry::Retry,
     timing,
     token::LockToken,
@@ -203,12 +203,72 @@ impl Redlock {
     /// As [`lock`](Redlock::lock).
     #[instrument(skip_all, fields(key = %resource))]
     pub async fn lock_with(&self, resource: &str, options: LockOptions) -> Result<Lock> {
+        self.lock_resources(vec![resource.to_owned()], options)
+            .await
+    }
+
+    /// Acquires several resources at once, all or nothing: on each node one script sets every
+    /// key only if none of them is held. The lock then behaves as one (one deadline, one
+    /// extension, one release). No deadlock is possible, whatever order callers name the
+    /// resources in.
+    ///
+    /// In Redis Cluster or Dragonfly cluster mode every key of one script must live in one slot:
+    /// give the resources a common hash tag, e.g. `{order:42}:payment` and `{order:42}:stock`.
+    ///
+    /// ```no_run
+    /// # async fn demo(redlock: redlock_core::Redlock) -> Result<(), redlock_core::Error> {
+    /// let lock = redlock.lock_many(["account:1", "account:2"]).await?;
+    /// // ... move money between the two accounts ...
+    /// lock.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Redlock::lock) (an empty list is [`Error::EmptyKey`]), plus
+    /// [`Error::InvalidConfig`] when fencing is enabled: tokens are per resource.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Redlock::lock).
+    pub async fn lock_many<I>(&self, resources: I) -> Result<Lock>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.lock_many_with(resources, LockOptions::default()).await
+    }
+
+    /// [`lock_many`](Redlock::lock_many) with per-call options.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock_many`](Redlock::lock_many).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`lock`](Redlock::lock).
+    pub async fn lock_many_with<I>(&self, resources: I, options: LockOptions) -> Result<Lock>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let resources = resources
+            .into_iter()
+            .map(|r| r.as_ref().to_owned())
+            .collect();
+        self.lock_resources(resources, options).await
+    }
+
+    #[instrument(skip_all, fields(key = %resources.first().map(String::as_str).unwrap_or("")))]
+    async fn lock_resources(&self, resources: Vec<String>, options: LockOptions) -> Result<Lock> {
         let retry = options.retry.unwrap_or(self.shared.settings.retry);
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
         let mut attempt = 1;
         loop {
-            match self.attempt(resource, ttl, fenced).await {
+            match self.attempt(&resources, ttl, fenced).await {
                 Ok(lock) => return Ok(lock),
                 Err(err) if err.is_retryable() && attempt < retry.attempts => {
                     debug!(attempt, error = %err, "attempt failed");
@@ -256,7 +316,7 @@ impl Redlock {
     ) -> Result<Option<Lock>> {
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
-        match self.attempt(resource, ttl, fenced).await {
+        match self.attempt(&[resource.to_owned()], ttl, fenced).await {
             Ok(lock) => Ok(Some(lock)),
             Err(Error::Contended { .. }) => Ok(None),
             Err(err) => Err(err),
@@ -265,9 +325,26 @@ impl Redlock {
 
     /// One Redlock round: SET NX PX everywhere at once, decide at quorum, check validity (and,
     /// fenced, publish the token on a quorum first).
-    async fn attempt(&self, resource: &str, ttl: Duration, fenced: bool) -> Result<Lock> {
+    async fn attempt(&self, resources: &[String], ttl: Duration, fenced: bool) -> Result<Lock> {
         let settings = &self.shared.settings;
-        let key: Arc<str> = settings.key(resource)?.into();
+        let mut resources = resources.to_vec();
+        resources.sort_unstable();
+        resources.dedup();
+        if resources.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        if fenced && resources.len() > 1 {
+            return Err(Error::InvalidConfig {
+                reason: "fencing tokens are per resource: lock_many cannot issue one".to_owned(),
+            });
+        }
+        let keys: Keys = resources
+            .iter()
+            .map(|r| settings.key(r))
+            .collect::<Result<Vec<_>>>()?
+            .into();
+        let resource = resources.join(",");
+        let resource = resource.as_str();
         settings.check_ttl(ttl)?;
         // A fresh token per attempt: a late reply to an earlier attempt can never count as ours.
         let value: Arc<str> = LockToken::random().encode().into();
@@ -275,13 +352,13 @@ impl Redlock {
         // from the validity whatever happens while waiting for replies.
         let t1 = Instant::now();
         let mut guard = AttemptGuard {
-            votes: Some(Votes::send(&self.shared, &key, &value, ttl, fenced)),
+            votes: Some(Votes::send(&self.shared, &keys, &value, ttl, fenced)),
             shared: &self.shared,
-            key: &key,
+            keys: &keys,
             value: &value,
         };
         let outcome = match guard.votes.as_mut() {
-            Some(votes) => self.decide(votes, resource, &key, &value, fenced).await,
+            Some(votes) => self.decide(votes, resource, &keys[0], &value, fenced).await,
             None => Err(Error::EmptyKey),
         };
         let deadline = timing::deadline(t1, ttl, settings.drift(ttl));
@@ -299,8 +376,8 @@ impl Redlock {
                 debug!(elapsed_ms = t1.elapsed().as_millis(), fence = ?fence, "granted");
                 Ok(Lock::new(
                     self.shared.clone(),
-                    resource.to_owned(),
-                    key.clone(),
+                    resources,
+                    keys.clone(),
                     value.clone(),
                     ttl,
                     deadline,
@@ -314,7 +391,7 @@ impl Redlock {
                 // waited for: the guard hands them to a background task that releases each
                 // behind its own SET.
                 if let Some(votes) = votes.as_mut() {
-                    votes.release_settled(&self.shared, &key, &value).await;
+                    votes.release_settled(&self.shared, &keys, &value).await;
                 }
                 guard.votes = votes;
                 let error = outcome.err().unwrap_or(Error::EmptyKey);
@@ -400,14 +477,14 @@ impl Redlock {
 struct AttemptGuard<'a> {
     votes: Option<Votes>,
     shared: &'a Arc<Shared>,
-    key: &'a Arc<str>,
+    keys: &'a Keys,
     value: &'a Arc<str>,
 }
 
 impl Drop for AttemptGuard<'_> {
     fn drop(&mut self) {
         if let Some(votes) = self.votes.take() {
-            votes.release_in_background(self.shared.clone(), self.key.clone(), self.value.clone());
+            votes.release_in_background(self.shared.clone(), self.keys.clone(), self.value.clone());
         }
     }
 }

@@ -8,26 +8,50 @@ use std::sync::LazyLock;
 
 use bb8_redis::redis::Script;
 
-/// Compare-and-delete: deletes the key only while it still holds our token, so a lock that
-/// expired and was taken by someone else is never released by us. Returns 1 or 0.
+/// Compare-and-delete: deletes each key only while it still holds our token, so a lock that
+/// expired and was taken by someone else is never released by us. Returns how many it deleted.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// The body of [`RELEASE`], for the one place that must send it with `EVAL`: releasing behind a
 /// SET whose reply never came. That release may also never be answered in time, and EVALSHA's
 /// NOSCRIPT fallback only happens when the client reads the reply; a node that resumes with an
 /// empty script cache would then drop the release and keep the orphan key.
-pub(crate) const RELEASE_LUA: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("DEL", KEYS[1])
+pub(crate) const RELEASE_LUA: &str = r#"local n = 0
+for i = 1, #KEYS do
+    if redis.call("GET", KEYS[i]) == ARGV[1] then
+        n = n + redis.call("DEL", KEYS[i])
+    end
 end
-return 0"#;
+return n"#;
 
-/// Compare-and-extend: resets the expiry only while the key holds our token. A missing key is
+/// All-or-nothing acquisition of several keys ([`Redlock::lock_many`](crate::Redlock::lock_many)):
+/// sets every key to our token with the ttl only if none of them exists. Returns 1 or 0.
+pub(crate) static ACQUIRE_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"for i = 1, #KEYS do
+    if redis.call("EXISTS", KEYS[i]) == 1 then
+        return 0
+    end
+end
+for i = 1, #KEYS do
+    redis.call("SET", KEYS[i], ARGV[1], "PX", ARGV[2])
+end
+return 1"#,
+    )
+});
+
+/// Compare-and-extend: resets the expiry only while every key holds our token. A missing key is
 /// never created again, so an expired lock cannot be resurrected. Returns 1 or 0.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("PEXPIRE", KEYS[1], ARGV[2])
+        r#"for i = 1, #KEYS do
+    if redis.call("GET", KEYS[i]) ~= ARGV[1] then
+        return 0
+    end
 end
-return 0"#,
+for i = 1, #KEYS do
+    redis.call("PEXPIRE", KEYS[i], ARGV[2])
+end
+return 1"#,
     )
 });

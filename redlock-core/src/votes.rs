@@ -15,7 +15,7 @@ use tracing::{Instrument, debug_span};
 
 use crate::{
     error::NodeError,
-    node::{Link, Vote},
+    node::{Keys, Link, Vote},
     redlock::Shared,
 };
 
@@ -71,7 +71,7 @@ impl Votes {
     /// that drains this channel knows exactly which nodes to release.
     pub(crate) fn send(
         shared: &Arc<Shared>,
-        key: &Arc<str>,
+        keys: &Keys,
         value: &Arc<str>,
         ttl: Duration,
         fenced: bool,
@@ -79,12 +79,13 @@ impl Votes {
         let n = shared.nodes.len();
         let (tx, rx) = mpsc::channel(n);
         for index in 0..n {
-            let (shared, key, value, tx) = (shared.clone(), key.clone(), value.clone(), tx.clone());
+            let (shared, keys, value, tx) =
+                (shared.clone(), keys.clone(), value.clone(), tx.clone());
             let span = debug_span!("redlock.set", node = %shared.nodes[index].addr());
             tokio::spawn(
                 async move {
                     let (vote, link) = shared.nodes[index]
-                        .set_nx_px(&key, &value, ttl, fenced)
+                        .set_nx_px(&keys, &value, ttl, fenced)
                         .await;
                     // The receiver may be gone (the lock was released without waiting); then
                     // nobody needs the answer.
@@ -198,11 +199,11 @@ impl Votes {
     pub(crate) async fn release(
         &mut self,
         shared: &Shared,
-        key: &str,
+        keys: &[String],
         value: &str,
     ) -> ReleaseTally {
         self.settle(shared).await;
-        self.release_settled(shared, key, value).await
+        self.release_settled(shared, keys, value).await
     }
 
     /// Compare-and-delete on every settled node where our token is or may be; stragglers are
@@ -211,7 +212,7 @@ impl Votes {
     pub(crate) async fn release_settled(
         &mut self,
         shared: &Shared,
-        key: &str,
+        keys: &[String],
         value: &str,
     ) -> ReleaseTally {
         // Replies that arrived since the decision are as good as settled.
@@ -235,7 +236,7 @@ impl Votes {
                     };
                     *holds = Holds::No;
                     let node = &shared.nodes[index];
-                    Some(async move { (index, node.release(link.as_ref(), key, value).await) })
+                    Some(async move { (index, node.release(link.as_ref(), keys, value).await) })
                 }
                 Slot::Settled {
                     holds: Holds::No, ..
@@ -288,7 +289,7 @@ impl Votes {
     pub(crate) fn release_in_background(
         mut self,
         shared: Arc<Shared>,
-        key: Arc<str>,
+        keys: Keys,
         value: Arc<str>,
     ) {
         if self.is_clean() {
@@ -298,7 +299,7 @@ impl Votes {
             Ok(handle) => {
                 handle.spawn(
                     async move {
-                        let tally = self.release(&shared, &key, &value).await;
+                        let tally = self.release(&shared, &keys, &value).await;
                         tracing::debug!(
                             released = tally.released,
                             failed = tally.failures.len(),

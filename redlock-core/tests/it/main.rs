@@ -7,5 +7,6 @@ mod faults;
 mod fencing;
 mod input;
 mod lifecycle;
+mod many;
 mod release;
 mod support;

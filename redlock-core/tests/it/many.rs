@@ -1,0 +1,87 @@
+//! `lock_many`: all-or-nothing over several resources, one script per node.
+
+use std::time::Duration;
+
+use redlock_core::{Error, LockOptions, Retry};
+
+use crate::support::{cluster, eventually, redlock_with, values};
+
+/// If any one resource is held elsewhere, none is taken: the script checks every key before
+/// setting any, so no node is left with a partial set.
+#[tokio::test]
+async fn lock_many_is_all_or_nothing() {
+    let nodes = cluster(3);
+    let redlock = redlock_with(&nodes, |b| b.retry(Retry::none()));
+    let held = redlock.lock("b").await.unwrap();
+    let err = redlock.lock_many(["a", "b", "c"]).await.unwrap_err();
+    assert!(err.is_contended(), "{err:?}");
+    for key in ["redlock:a", "redlock:c"] {
+        assert!(
+            eventually(Duration::from_secs(2), || values(&nodes, key)
+                .iter()
+                .all(Option::is_none))
+            .await,
+            "{key} untouched"
+        );
+    }
+    held.release().await.unwrap();
+    let lock = redlock.lock_many(["c", "a", "b", "a"]).await.unwrap();
+    assert_eq!(lock.resources(), ["a", "b", "c"]);
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let token = nodes[0].get("redlock:a").unwrap();
+            token.is_some()
+                && ["redlock:a", "redlock:b", "redlock:c"]
+                    .iter()
+                    .all(|k| values(&nodes, k).iter().all(|v| *v == token))
+        })
+        .await
+    );
+    lock.extend_by(Duration::from_secs(30)).await.unwrap();
+    let pttl = nodes[1]
+        .query(&["PTTL", "redlock:c"])
+        .unwrap()
+        .as_int()
+        .unwrap();
+    assert!(pttl > 20_000, "every key extended: {pttl}");
+    let release = lock.release().await.unwrap();
+    assert_eq!(release.released, 3);
+    for key in ["redlock:a", "redlock:b", "redlock:c"] {
+        assert_eq!(values(&nodes, key), vec![None, None, None]);
+    }
+}
+
+/// Two overlapping sets named in opposite orders never deadlock and never both hold.
+#[tokio::test]
+async fn overlapping_sets_exclude_each_other_in_any_order() {
+    let nodes = cluster(3);
+    let redlock = redlock_with(&nodes, |b| b.retry(Retry::none()));
+    let first = redlock.lock_many(["x", "y"]).await.unwrap();
+    let second = redlock.lock_many(["y", "z"]).await;
+    assert!(matches!(second, Err(Error::Contended { .. })), "{second:?}");
+    first.release().await.unwrap();
+    let second = redlock.lock_many(["z", "y"]).await.unwrap();
+    second.release().await.unwrap();
+}
+
+/// Fencing tokens are per resource; asking for one over several is a typed error, and so is an
+/// empty list.
+#[tokio::test]
+async fn lock_many_refuses_fencing_and_empty_lists() {
+    let nodes = cluster(3);
+    let redlock = redlock_with(&nodes, |b| b);
+    let err = redlock
+        .lock_many_with(["p", "q"], LockOptions::new().fencing(true))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    let none: [&str; 0] = [];
+    assert!(matches!(
+        redlock.lock_many(none).await,
+        Err(Error::EmptyKey)
+    ));
+    assert!(matches!(
+        redlock.lock_many(["ok", ""]).await,
+        Err(Error::EmptyKey)
+    ));
+}
