@@ -57,6 +57,9 @@
 //!
 //! - `serde`: `Serialize`/`Deserialize` for [`RedlockConfig`] and [`Retry`] (humantime durations).
 //! - `tls`: `rediss://` node URLs through redis-rs and rustls.
+//! - `metrics`: counters and histograms through the [`metrics`](https://docs.rs/metrics) crate:
+//!   `redlock_acquire_total{outcome}`, `redlock_acquire_seconds{outcome}`,
+//!   `redlock_extend_total{outcome}`, `redlock_extend_lag_seconds`, `redlock_lost_total`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
@@ -74,6 +77,7 @@ mod redlock;
 mod retry;
 mod scoped;
 mod scripts;
+mod telemetry;
 mod timing;
 mod token;
 mod votes;

@@ -393,6 +393,7 @@ impl LockState {
         }
         let new_deadline = timing::deadline(t1, ttl, shared.settings.drift(ttl));
         let quorum = shared.settings.quorum;
+        crate::telemetry::extension(now < old_deadline && extended >= quorum);
         if now >= old_deadline || extended < quorum {
             // Nodes that applied a shorter ttl now expire sooner than the old deadline.
             if new_deadline < old_deadline {

@@ -371,6 +371,7 @@ impl Redlock {
                 })
             }
         });
+        crate::telemetry::acquisition(outcome.as_ref().map(|_| ()), t1.elapsed());
         match (outcome, guard.votes.take()) {
             (Ok(fence), Some(votes)) => {
                 debug!(elapsed_ms = t1.elapsed().as_millis(), fence = ?fence, "granted");

@@ -76,8 +76,10 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
             () = tokio::time::sleep_until(next.into()) => {}
         }
         let now = Instant::now();
+        crate::telemetry::extension_lag(now.saturating_duration_since(next));
         let deadline = state.deadline();
         if now >= deadline {
+            crate::telemetry::lost();
             return;
         }
         let mut extension = ttl;
@@ -91,7 +93,10 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
         }
         match state.extend_by(extension).await {
             Ok(_) => next = Instant::now() + every,
-            Err(Error::Expired { .. }) => return,
+            Err(Error::Expired { .. }) => {
+                crate::telemetry::lost();
+                return;
+            }
             // A ttl cut down by max_hold below the drift: the hold is over.
             Err(e) if e.is_input() => return,
             Err(e) => {
