@@ -53,7 +53,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     let mut _local = None;
     let builder = match std::env::var("REDLOCK_NODES") {
-        Ok(_) => redlock_core::RedlockBuilder::from_config(redlock_core::RedlockConfig::from_env()?),
+        Ok(_) => {
+            redlock_core::RedlockBuilder::from_config(redlock_core::RedlockConfig::from_env()?)
+        }
         Err(_) => {
             let cluster = Cluster::start_with(3, Persistence::AofAlways)?;
             info!(nodes = ?cluster.urls(), "started 3 local nodes with AOF appendfsync always");
@@ -87,7 +89,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     store.write(token_b, "B: write")?;
     info!(%token_b, "B took the lock and wrote");
 
-    info!(valid = a.is_valid(), "A wakes up and writes with its old token");
+    info!(
+        valid = a.is_valid(),
+        "A wakes up and writes with its old token"
+    );
     let late = store.write(token_a, "A: late write");
     match &late {
         Err(reason) => info!("the store {reason}"),

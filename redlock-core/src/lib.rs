@@ -70,6 +70,7 @@ mod builder;
 mod config;
 mod error;
 mod fencing;
+mod local;
 mod lock;
 mod lost;
 mod node;

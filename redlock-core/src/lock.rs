@@ -16,6 +16,7 @@ use tracing::{debug, instrument, warn};
 use crate::{
     error::{Error, NodeError, Result},
     fencing::FencingToken,
+    local::Turn,
     lost::LockLost,
     node::Keys,
     redlock::Shared,
@@ -69,6 +70,9 @@ pub(crate) struct LockState {
     released: AtomicBool,
     /// Wakes the watchdog when `released` is set.
     stop: Notify,
+    /// This process's turn for the lock's key: held for the lock's life so that local waiters
+    /// queue instead of polling the nodes, handed on as soon as the lock is released or dropped.
+    turn: std::sync::Mutex<Option<Turn>>,
 }
 
 impl fmt::Debug for Lock {
@@ -197,7 +201,14 @@ impl Lock {
                 votes: Mutex::new(Some(votes)),
                 released: AtomicBool::new(false),
                 stop: Notify::new(),
+                turn: std::sync::Mutex::new(None),
             }),
+        }
+    }
+
+    pub(crate) fn hold_turn(&self, turn: Turn) {
+        if let Ok(mut slot) = self.state.turn.lock() {
+            *slot = Some(turn);
         }
     }
 
@@ -350,6 +361,12 @@ impl LockState {
         &self.stop
     }
 
+    /// Hands this process's turn for the key to the next local waiter.
+    fn pass_turn(&self) {
+        let turn = self.turn.lock().ok().and_then(|mut t| t.take());
+        drop(turn);
+    }
+
     fn stop(&self) {
         self.released.store(true, Ordering::Release);
         self.stop.notify_waiters();
@@ -432,6 +449,9 @@ impl Drop for Lock {
     fn drop(&mut self) {
         let state = &self.state;
         state.stop();
+        // The next local waiter may race our background release; it then retries after its
+        // pause. `release` avoids that by passing the turn only once the keys are gone.
+        state.pass_turn();
         // `release` holds the mutex while it runs; if it was dropped mid-way, the votes are still
         // here. When the mutex is busy (an extension settling stragglers), wait for it in a task.
         match state.votes.try_lock() {

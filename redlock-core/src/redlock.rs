@@ -14,6 +14,7 @@ use crate::{
     config::{RedlockConfig, Settings},
     error::{Error, Result},
     fencing::FencingToken,
+    local::LocalQueues,
     lock::Lock,
     node::{Keys, Node},
     retry::Retry,
@@ -53,6 +54,8 @@ pub struct Redlock {
 pub(crate) struct Shared {
     pub(crate) nodes: Vec<Node>,
     pub(crate) settings: Settings,
+    /// In-process queues of tasks waiting for the same lock.
+    pub(crate) local: Arc<LocalQueues>,
 }
 
 impl fmt::Debug for Redlock {
@@ -123,7 +126,11 @@ impl Redlock {
 
     pub(crate) fn from_parts(nodes: Vec<Node>, settings: Settings) -> Redlock {
         Redlock {
-            shared: Arc::new(Shared { nodes, settings }),
+            shared: Arc::new(Shared {
+                nodes,
+                settings,
+                local: Arc::default(),
+            }),
         }
     }
 
@@ -266,10 +273,23 @@ impl Redlock {
         let retry = options.retry.unwrap_or(self.shared.settings.retry);
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
+        let target = self.target(resources, ttl, fenced)?;
+        // Queue behind the other tasks of this process that want the same lock: only the head
+        // of the line talks to the nodes, and a local release wakes the next one at once.
+        let until = Instant::now() + retry.budget();
+        let Some(turn) = self.shared.local.turn(&target.queue, until).await else {
+            return Err(Error::Contended {
+                key: target.name,
+                attempts: 0,
+            });
+        };
         let mut attempt = 1;
         loop {
-            match self.attempt(&resources, ttl, fenced).await {
-                Ok(lock) => return Ok(lock),
+            match self.attempt(&target, ttl, fenced).await {
+                Ok(lock) => {
+                    lock.hold_turn(turn);
+                    return Ok(lock);
+                }
                 Err(err) if err.is_retryable() && attempt < retry.attempts => {
                     debug!(attempt, error = %err, "attempt failed");
                     tokio::time::sleep(retry.pause()).await;
@@ -284,6 +304,34 @@ impl Redlock {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// Normalises a set of resources: sorted, without duplicates, each non-empty, with their
+    /// keys; and checks the ttl and that fencing is asked for one resource only.
+    fn target(&self, mut resources: Vec<String>, ttl: Duration, fenced: bool) -> Result<Target> {
+        let settings = &self.shared.settings;
+        resources.sort_unstable();
+        resources.dedup();
+        if resources.is_empty() {
+            return Err(Error::EmptyKey);
+        }
+        if fenced && resources.len() > 1 {
+            return Err(Error::InvalidConfig {
+                reason: "fencing tokens are per resource: lock_many cannot issue one".to_owned(),
+            });
+        }
+        let keys: Keys = resources
+            .iter()
+            .map(|r| settings.key(r))
+            .collect::<Result<Vec<_>>>()?
+            .into();
+        settings.check_ttl(ttl)?;
+        Ok(Target {
+            name: resources.join(","),
+            queue: keys.join("\u{0}"),
+            resources,
+            keys,
+        })
     }
 
     /// One attempt at `resource`: `Ok(None)` when someone else holds it.
@@ -316,8 +364,16 @@ impl Redlock {
     ) -> Result<Option<Lock>> {
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
-        match self.attempt(&[resource.to_owned()], ttl, fenced).await {
-            Ok(lock) => Ok(Some(lock)),
+        let target = self.target(vec![resource.to_owned()], ttl, fenced)?;
+        // Another task of this process holds or is acquiring it: that is contention too.
+        let Some(turn) = self.shared.local.try_turn(&target.queue) else {
+            return Ok(None);
+        };
+        match self.attempt(&target, ttl, fenced).await {
+            Ok(lock) => {
+                lock.hold_turn(turn);
+                Ok(Some(lock))
+            }
             Err(Error::Contended { .. }) => Ok(None),
             Err(err) => Err(err),
         }
@@ -325,36 +381,19 @@ impl Redlock {
 
     /// One Redlock round: SET NX PX everywhere at once, decide at quorum, check validity (and,
     /// fenced, publish the token on a quorum first).
-    async fn attempt(&self, resources: &[String], ttl: Duration, fenced: bool) -> Result<Lock> {
+    async fn attempt(&self, target: &Target, ttl: Duration, fenced: bool) -> Result<Lock> {
         let settings = &self.shared.settings;
-        let mut resources = resources.to_vec();
-        resources.sort_unstable();
-        resources.dedup();
-        if resources.is_empty() {
-            return Err(Error::EmptyKey);
-        }
-        if fenced && resources.len() > 1 {
-            return Err(Error::InvalidConfig {
-                reason: "fencing tokens are per resource: lock_many cannot issue one".to_owned(),
-            });
-        }
-        let keys: Keys = resources
-            .iter()
-            .map(|r| settings.key(r))
-            .collect::<Result<Vec<_>>>()?
-            .into();
-        let resource = resources.join(",");
-        let resource = resource.as_str();
-        settings.check_ttl(ttl)?;
+        let keys = &target.keys;
+        let resource = target.name.as_str();
         // A fresh token per attempt: a late reply to an earlier attempt can never count as ours.
         let value: Arc<str> = LockToken::random().encode().into();
         // T1 is taken before the first byte leaves, so the time spent acquiring is subtracted
         // from the validity whatever happens while waiting for replies.
         let t1 = Instant::now();
         let mut guard = AttemptGuard {
-            votes: Some(Votes::send(&self.shared, &keys, &value, ttl, fenced)),
+            votes: Some(Votes::send(&self.shared, keys, &value, ttl, fenced)),
             shared: &self.shared,
-            keys: &keys,
+            keys,
             value: &value,
         };
         let outcome = match guard.votes.as_mut() {
@@ -377,7 +416,7 @@ impl Redlock {
                 debug!(elapsed_ms = t1.elapsed().as_millis(), fence = ?fence, "granted");
                 Ok(Lock::new(
                     self.shared.clone(),
-                    resources,
+                    target.resources.clone(),
                     keys.clone(),
                     value.clone(),
                     ttl,
@@ -392,7 +431,7 @@ impl Redlock {
                 // waited for: the guard hands them to a background task that releases each
                 // behind its own SET.
                 if let Some(votes) = votes.as_mut() {
-                    votes.release_settled(&self.shared, &keys, &value).await;
+                    votes.release_settled(&self.shared, keys, &value).await;
                 }
                 guard.votes = votes;
                 let error = outcome.err().unwrap_or(Error::EmptyKey);
@@ -471,6 +510,17 @@ impl Redlock {
         }
         Ok(Some(FencingToken::new(t)))
     }
+}
+
+/// A normalised set of resources to lock.
+struct Target {
+    /// Sorted, without duplicates.
+    resources: Vec<String>,
+    keys: Keys,
+    /// The resources joined, for errors and traces.
+    name: String,
+    /// The local queue's key.
+    queue: String,
 }
 
 /// Releases in the background whatever an attempt leaves behind when it is dropped or fails:

@@ -50,6 +50,12 @@ impl Retry {
         }
     }
 
+    /// The longest a `lock` call may spend waiting: every pause at its longest. Also bounds the
+    /// wait for the in-process queue.
+    pub(crate) fn budget(&self) -> Duration {
+        (self.delay + self.jitter).saturating_mul(self.attempts)
+    }
+
     /// The pause before the next attempt.
     pub(crate) fn pause(&self) -> Duration {
         let jitter_ms = u64::try_from(self.jitter.as_micros()).unwrap_or(u64::MAX);

@@ -271,3 +271,51 @@ async fn lock_with_uses_the_requested_ttl() {
     assert!(lock.remaining() <= Duration::from_millis(1500));
     lock.release().await.unwrap();
 }
+
+/// Tasks of one process that want the same lock queue in arrival order instead of polling the
+/// nodes: each release hands the lock to the next task at once, so 16 tasks × 5 rounds finish
+/// with every task served, never two inside, and a default retry budget that polling alone
+/// would exhaust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_waiters_queue_fairly_and_never_overlap() {
+    let nodes = cluster(3);
+    let redlock = redlock_with(&nodes, |b| {
+        b.retry(Retry::new(3, Duration::from_millis(200), Duration::ZERO))
+    });
+    let inside = Arc::new(AtomicUsize::new(0));
+    let max_inside = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (redlock, inside, max_inside) = (redlock.clone(), inside.clone(), max_inside.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let lock = redlock.lock("queue").await.expect("served in turn");
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                max_inside.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                lock.release().await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(max_inside.load(Ordering::SeqCst), 1);
+}
+
+/// `try_lock` sees a local holder without asking the nodes.
+#[tokio::test]
+async fn try_lock_is_contended_while_a_local_task_holds_the_lock() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let held = redlock.lock("local").await.unwrap();
+    assert!(redlock.try_lock("local").await.unwrap().is_none());
+    held.release().await.unwrap();
+    let again = redlock
+        .try_lock("local")
+        .await
+        .unwrap()
+        .expect("free again");
+    again.release().await.unwrap();
+}
