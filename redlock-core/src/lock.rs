@@ -383,7 +383,13 @@ impl LockState {
         }
         // Stragglers are not waited for: an extension that overtakes our own late SET finds no
         // key there and leaves it alone, and the SET then applies with its own ttl under our
-        // token, which the release removes.
+        // token, which the release removes. Replies that did arrive are recorded, which frees
+        // the reply channel of a long-held lock.
+        if let Ok(mut votes) = self.votes.try_lock()
+            && let Some(votes) = votes.as_mut()
+        {
+            votes.drain(shared);
+        }
         let t1 = Instant::now();
         let old_deadline = self.deadline();
         if t1 >= old_deadline {

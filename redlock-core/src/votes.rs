@@ -49,8 +49,9 @@ pub(crate) enum Holds {
 /// Per-node state of one attempt (and, once granted, of the lock it became).
 pub(crate) struct Votes {
     pub(crate) slots: Vec<Slot>,
-    /// Replies from the per-node SET tasks, in arrival order.
-    rx: mpsc::Receiver<(usize, Vote, Option<Link>)>,
+    /// Replies from the per-node SET tasks, in arrival order. Dropped once every node answered,
+    /// so a held lock keeps no channel buffer.
+    rx: Option<mpsc::Receiver<(usize, Vote, Option<Link>)>>,
     pending: usize,
     /// Nodes that answered that someone else holds the key.
     busy: usize,
@@ -96,7 +97,7 @@ impl Votes {
         }
         Votes {
             slots: (0..n).map(|_| Slot::Pending).collect(),
-            rx,
+            rx: Some(rx),
             pending: n,
             busy: 0,
             failures: Vec::new(),
@@ -106,7 +107,8 @@ impl Votes {
     /// Records every reply that has already arrived, without waiting.
     pub(crate) fn drain(&mut self, shared: &Shared) {
         while self.pending > 0 {
-            match self.rx.try_recv() {
+            let Some(rx) = self.rx.as_mut() else { return };
+            match rx.try_recv() {
                 Ok((index, vote, link)) => self.record(shared, index, vote, link),
                 Err(_) => return,
             }
@@ -118,7 +120,11 @@ impl Votes {
         if self.pending == 0 {
             return false;
         }
-        let Some((index, vote, link)) = self.rx.recv().await else {
+        let received = match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => None,
+        };
+        let Some((index, vote, link)) = received else {
             // A SET task died without answering (it panicked): treat its node as doubtful.
             for slot in &mut self.slots {
                 if matches!(slot, Slot::Pending) {
@@ -138,6 +144,9 @@ impl Votes {
 
     fn record(&mut self, shared: &Shared, index: usize, vote: Vote, link: Option<Link>) {
         self.pending -= 1;
+        if self.pending == 0 {
+            self.rx = None;
+        }
         let mut fence = None;
         let holds = match vote {
             Vote::Acquired(counter) => {
