@@ -74,6 +74,7 @@ mod local;
 mod lock;
 mod lost;
 mod node;
+mod notify;
 mod redlock;
 mod retry;
 mod scoped;

@@ -95,6 +95,9 @@ pub(crate) type Keys = Arc<[String]>;
 pub(crate) struct Node {
     /// `host:port` for errors and traces; never the password.
     addr: String,
+    /// The client the pool dials with, for the release-notification connection. `None` for a
+    /// pool the user built.
+    client: Option<Client>,
     pool: Pool,
     timeout: Duration,
 }
@@ -141,9 +144,13 @@ impl Node {
             .retry_connection(false)
             // A PING per checkout would double the round trips of every lock.
             .test_on_check_out(false)
-            .build_unchecked(NodeConnectionManager { client, config });
+            .build_unchecked(NodeConnectionManager {
+                client: client.clone(),
+                config,
+            });
         Ok(Node {
             addr,
+            client: Some(client),
             pool: Pool::Managed(pool),
             timeout,
         })
@@ -159,9 +166,14 @@ impl Node {
     ) -> Node {
         Node {
             addr,
+            client: None,
             pool: Pool::User(pool),
             timeout,
         }
+    }
+
+    pub(crate) fn client(&self) -> Option<&Client> {
+        self.client.as_ref()
     }
 
     pub(crate) fn addr(&self) -> &str {

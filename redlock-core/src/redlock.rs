@@ -17,6 +17,7 @@ use crate::{
     local::LocalQueues,
     lock::Lock,
     node::{Keys, Node},
+    notify::Notifier,
     retry::Retry,
     timing,
     token::LockToken,
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     /// In-process queues of tasks waiting for the same lock.
     pub(crate) local: Arc<LocalQueues>,
+    /// Subscriptions to release announcements, for waiters blocked by other processes.
+    pub(crate) notifier: Arc<Notifier>,
 }
 
 impl fmt::Debug for Redlock {
@@ -127,6 +130,10 @@ impl Redlock {
     pub(crate) fn from_parts(nodes: Vec<Node>, settings: Settings) -> Redlock {
         Redlock {
             shared: Arc::new(Shared {
+                notifier: Arc::new(Notifier::new(
+                    nodes.iter().filter_map(|n| n.client().cloned()).collect(),
+                    settings.node_timeout,
+                )),
                 nodes,
                 settings,
                 local: Arc::default(),
@@ -284,6 +291,7 @@ impl Redlock {
             });
         };
         let mut attempt = 1;
+        let mut watch = None;
         loop {
             match self.attempt(&target, ttl, fenced).await {
                 Ok(lock) => {
@@ -292,8 +300,23 @@ impl Redlock {
                 }
                 Err(err) if err.is_retryable() && attempt < retry.attempts => {
                     debug!(attempt, error = %err, "attempt failed");
-                    tokio::time::sleep(retry.pause()).await;
                     attempt += 1;
+                    if err.is_contended() && watch.is_none() {
+                        // Held by another process: listen for its release, then try once more
+                        // at once, in case it was released before we listened.
+                        watch = Some(self.shared.notifier.watch(&target.keys).await);
+                        continue;
+                    }
+                    let pause = retry.pause();
+                    match &watch {
+                        Some(watch) => {
+                            tokio::select! {
+                                () = watch.notified() => debug!("woken by a release"),
+                                () = tokio::time::sleep(pause) => {}
+                            }
+                        }
+                        None => tokio::time::sleep(pause).await,
+                    }
                 }
                 Err(Error::Contended { key, .. }) => {
                     return Err(Error::Contended {

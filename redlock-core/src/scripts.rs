@@ -9,7 +9,9 @@ use std::sync::LazyLock;
 use bb8_redis::redis::Script;
 
 /// Compare-and-delete: deletes each key only while it still holds our token, so a lock that
-/// expired and was taken by someone else is never released by us. Returns how many it deleted.
+/// expired and was taken by someone else is never released by us, and announces each deletion
+/// on `<key>:released` for waiters in other processes ([`notify`](crate::notify)). Returns how
+/// many keys it deleted.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// The body of [`RELEASE`], for the one place that must send it with `EVAL`: releasing behind a
@@ -20,6 +22,7 @@ pub(crate) const RELEASE_LUA: &str = r#"local n = 0
 for i = 1, #KEYS do
     if redis.call("GET", KEYS[i]) == ARGV[1] then
         n = n + redis.call("DEL", KEYS[i])
+        redis.call("PUBLISH", KEYS[i] .. ":released", "")
     end
 end
 return n"#;
