@@ -143,7 +143,7 @@ impl Error {
 }
 
 /// What went wrong on one node, and which node it was.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("node {node}: {kind}")]
 pub struct NodeError {
     /// The node's address (`host:port`), never its password.
@@ -154,7 +154,7 @@ pub struct NodeError {
 }
 
 /// The ways one node can fail an operation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeErrorKind {
     /// The node did not answer within `node_timeout` (the command may still run on it later).

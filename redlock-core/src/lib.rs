@@ -76,6 +76,7 @@ mod lost;
 mod node;
 mod notify;
 mod redlock;
+mod renewer;
 mod retry;
 mod scoped;
 mod scripts;

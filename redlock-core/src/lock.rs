@@ -291,7 +291,7 @@ impl Lock {
         // unanswered) are awaited, within their node timeout, so that each is released behind
         // its own SET and the outcome covers every node.
         let tally = votes
-            .release(&state.shared, &state.keys, &state.value)
+            .release(&state.shared, &state.keys, &state.value, true)
             .await;
         *guard = None;
         drop(guard);
@@ -374,8 +374,31 @@ impl LockState {
 
     #[instrument(skip_all, fields(key = %self.keys[0], ttl_ms = ttl.as_millis()))]
     pub(crate) async fn extend_by(&self, ttl: Duration) -> Result<Instant> {
+        let t1 = Instant::now();
+        let old_deadline = self.extension_start(ttl, t1)?;
         let shared = &self.shared;
-        shared.settings.check_ttl(ttl)?;
+        let (keys, value) = (&*self.keys, &*self.value);
+        let results = join_all(shared.nodes.iter().map(|node| async move {
+            node.extend(keys, value, ttl)
+                .await
+                .map_err(|kind| node.error(kind))
+        }))
+        .await;
+        let mut extended = 0;
+        let mut failures = Vec::new();
+        for result in results {
+            match result {
+                Ok(true) => extended += 1,
+                Ok(false) => {}
+                Err(e) => failures.push(e),
+            }
+        }
+        self.extension_end(t1, old_deadline, ttl, extended, failures)
+    }
+
+    /// Checks that an extension sent at `t1` may start; returns the deadline it must beat.
+    pub(crate) fn extension_start(&self, ttl: Duration, t1: Instant) -> Result<Instant> {
+        self.shared.settings.check_ttl(ttl)?;
         if self.is_released() {
             return Err(Error::Expired {
                 key: self.resource_name(),
@@ -388,47 +411,39 @@ impl LockState {
         if let Ok(mut votes) = self.votes.try_lock()
             && let Some(votes) = votes.as_mut()
         {
-            votes.drain(shared);
+            votes.drain(&self.shared);
         }
-        let t1 = Instant::now();
         let old_deadline = self.deadline();
         if t1 >= old_deadline {
             return Err(Error::Expired {
                 key: self.resource_name(),
             });
         }
-        let (keys, value) = (&*self.keys, &*self.value);
-        let results = join_all(shared.nodes.iter().map(|node| async move {
-            node.extend(keys, value, ttl)
-                .await
-                .map_err(|kind| node.error(kind))
-        }))
-        .await;
+        Ok(old_deadline)
+    }
+
+    /// Applies the outcome of an extension sent at `t1`: granted only with a quorum and before
+    /// the old deadline, the new deadline being `t1 + ttl − drift`.
+    pub(crate) fn extension_end(
+        &self,
+        t1: Instant,
+        old_deadline: Instant,
+        ttl: Duration,
+        extended: usize,
+        failures: Vec<NodeError>,
+    ) -> Result<Instant> {
         let now = Instant::now();
-        let mut extended = 0;
-        let mut failures = Vec::new();
-        for result in results {
-            match result {
-                Ok(true) => extended += 1,
-                Ok(false) => {}
-                Err(e) => failures.push(e),
-            }
-        }
-        let new_deadline = timing::deadline(t1, ttl, shared.settings.drift(ttl));
-        let quorum = shared.settings.quorum;
-        crate::telemetry::extension(now < old_deadline && extended >= quorum);
-        if now >= old_deadline || extended < quorum {
+        let new_deadline = timing::deadline(t1, ttl, self.shared.settings.drift(ttl));
+        let quorum = self.shared.settings.quorum;
+        let late = now >= old_deadline;
+        crate::telemetry::extension(!late && extended >= quorum);
+        if late || extended < quorum {
             // Nodes that applied a shorter ttl now expire sooner than the old deadline.
             if new_deadline < old_deadline {
                 self.deadline.send_replace(new_deadline);
             }
-            warn!(
-                extended,
-                quorum,
-                late = now >= old_deadline,
-                "extension failed"
-            );
-            return Err(if now >= old_deadline {
+            warn!(key = %self.keys[0], extended, quorum, late, "extension failed");
+            return Err(if late {
                 Error::Expired {
                     key: self.resource_name(),
                 }
@@ -443,11 +458,20 @@ impl LockState {
         self.deadline.send_replace(new_deadline);
         self.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
         debug!(
+            key = %self.keys[0],
             extended,
             remaining_ms = (new_deadline - now).as_millis(),
             "extended"
         );
         Ok(new_deadline)
+    }
+
+    /// The single key and the token, for batched renewal (`None` for `lock_many` locks).
+    pub(crate) fn single_key(&self) -> Option<(&str, &str)> {
+        match &*self.keys {
+            [key] => Some((key, &self.value)),
+            _ => None,
+        }
     }
 }
 
@@ -468,6 +492,7 @@ impl Drop for Lock {
                         state.shared.clone(),
                         state.keys.clone(),
                         state.value.clone(),
+                        true,
                     );
                 }
             }
@@ -478,7 +503,7 @@ impl Drop for Lock {
                         let mut guard = state.votes.lock().await;
                         if let Some(votes) = guard.as_mut() {
                             votes
-                                .release(&state.shared, &state.keys, &state.value)
+                                .release(&state.shared, &state.keys, &state.value, true)
                                 .await;
                         }
                         *guard = None;

@@ -320,7 +320,9 @@ impl Node {
         link: Option<&Link>,
         keys: &[String],
         token: &str,
+        announce: bool,
     ) -> Result<bool, NodeErrorKind> {
+        let flag = if announce { "1" } else { "0" };
         let n: i64 = match link {
             Some(link) if !link.broken.load(Ordering::Relaxed) => {
                 let mut conn = link.conn.clone();
@@ -328,12 +330,17 @@ impl Node {
                 eval.arg(scripts::RELEASE_LUA)
                     .arg(keys.len())
                     .arg(keys)
-                    .arg(token);
+                    .arg(token)
+                    .arg(flag);
                 self.run(link, eval.query_async(&mut conn)).await?
             }
             _ => {
-                self.script(&scripts::RELEASE, keys, &[token.to_owned()])
-                    .await?
+                self.script(
+                    &scripts::RELEASE,
+                    keys,
+                    &[token.to_owned(), flag.to_owned()],
+                )
+                .await?
             }
         };
         Ok(n > 0)
@@ -354,6 +361,34 @@ impl Node {
             )
             .await?;
         Ok(n == 1)
+    }
+
+    /// Batched compare-and-extend: one flag per key, in order.
+    pub(crate) async fn extend_batch(
+        &self,
+        keys: &[&str],
+        tokens: &[&str],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, NodeErrorKind> {
+        let link = self.link().await?;
+        let mut invocation = scripts::EXTEND_BATCH.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        invocation.arg(ttl_millis(ttl));
+        for token in tokens {
+            invocation.arg(*token);
+        }
+        let mut conn = link.conn.clone();
+        let flags: Vec<i64> = self.run(&link, invocation.invoke_async(&mut conn)).await?;
+        if flags.len() != keys.len() {
+            return Err(NodeErrorKind::Protocol(format!(
+                "{} flags for {} keys",
+                flags.len(),
+                keys.len()
+            )));
+        }
+        Ok(flags.into_iter().map(|f| f == 1).collect())
     }
 
     async fn script(

@@ -18,6 +18,7 @@ use crate::{
     lock::Lock,
     node::{Keys, Node},
     notify::Notifier,
+    renewer::Renewer,
     retry::Retry,
     timing,
     token::LockToken,
@@ -59,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) local: Arc<LocalQueues>,
     /// Subscriptions to release announcements, for waiters blocked by other processes.
     pub(crate) notifier: Arc<Notifier>,
+    /// Batches the extensions of auto-extended locks.
+    pub(crate) renewer: Renewer,
 }
 
 impl fmt::Debug for Redlock {
@@ -137,6 +140,7 @@ impl Redlock {
                 nodes,
                 settings,
                 local: Arc::default(),
+                renewer: Renewer::default(),
             }),
         }
     }
@@ -454,7 +458,9 @@ impl Redlock {
                 // waited for: the guard hands them to a background task that releases each
                 // behind its own SET.
                 if let Some(votes) = votes.as_mut() {
-                    votes.release_settled(&self.shared, keys, &value).await;
+                    votes
+                        .release_settled(&self.shared, keys, &value, false)
+                        .await;
                 }
                 guard.votes = votes;
                 let error = outcome.err().unwrap_or(Error::EmptyKey);
@@ -558,7 +564,12 @@ struct AttemptGuard<'a> {
 impl Drop for AttemptGuard<'_> {
     fn drop(&mut self) {
         if let Some(votes) = self.votes.take() {
-            votes.release_in_background(self.shared.clone(), self.keys.clone(), self.value.clone());
+            votes.release_in_background(
+                self.shared.clone(),
+                self.keys.clone(),
+                self.value.clone(),
+                false,
+            );
         }
     }
 }

@@ -10,8 +10,9 @@ use bb8_redis::redis::Script;
 
 /// Compare-and-delete: deletes each key only while it still holds our token, so a lock that
 /// expired and was taken by someone else is never released by us, and announces each deletion
-/// on `<key>:released` for waiters in other processes ([`notify`](crate::notify)). Returns how
-/// many keys it deleted.
+/// on `<key>:released` for waiters in other processes ([`notify`](crate::notify)) when ARGV[2] is
+/// "1" (a held lock's release; the cleanup of a failed attempt stays quiet, or the waiter would
+/// wake itself). Returns how many keys it deleted.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 
 /// The body of [`RELEASE`], for the one place that must send it with `EVAL`: releasing behind a
@@ -22,7 +23,9 @@ pub(crate) const RELEASE_LUA: &str = r#"local n = 0
 for i = 1, #KEYS do
     if redis.call("GET", KEYS[i]) == ARGV[1] then
         n = n + redis.call("DEL", KEYS[i])
-        redis.call("PUBLISH", KEYS[i] .. ":released", "")
+        if ARGV[2] == "1" then
+            redis.call("PUBLISH", KEYS[i] .. ":released", "")
+        end
     end
 end
 return n"#;
@@ -56,5 +59,23 @@ for i = 1, #KEYS do
     redis.call("PEXPIRE", KEYS[i], ARGV[2])
 end
 return 1"#,
+    )
+});
+
+/// Compare-and-extend for a batch of single-key locks: KEYS are the keys, ARGV the ttl in ms
+/// followed by each key's token. Extends each key that still holds its token and returns one
+/// 1 or 0 per key, in order ([`renewer`](crate::renewer)).
+pub(crate) static EXTEND_BATCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"local out = {}
+for i = 1, #KEYS do
+    if redis.call("GET", KEYS[i]) == ARGV[i + 1] then
+        redis.call("PEXPIRE", KEYS[i], ARGV[1])
+        out[i] = 1
+    else
+        out[i] = 0
+    end
+end
+return out"#,
     )
 });

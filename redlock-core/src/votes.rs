@@ -210,9 +210,10 @@ impl Votes {
         shared: &Shared,
         keys: &[String],
         value: &str,
+        announce: bool,
     ) -> ReleaseTally {
         self.settle(shared).await;
-        self.release_settled(shared, keys, value).await
+        self.release_settled(shared, keys, value, announce).await
     }
 
     /// Compare-and-delete on every settled node where our token is or may be; stragglers are
@@ -223,6 +224,7 @@ impl Votes {
         shared: &Shared,
         keys: &[String],
         value: &str,
+        announce: bool,
     ) -> ReleaseTally {
         // Replies that arrived since the decision are as good as settled.
         self.drain(shared);
@@ -245,7 +247,12 @@ impl Votes {
                     };
                     *holds = Holds::No;
                     let node = &shared.nodes[index];
-                    Some(async move { (index, node.release(link.as_ref(), keys, value).await) })
+                    Some(async move {
+                        (
+                            index,
+                            node.release(link.as_ref(), keys, value, announce).await,
+                        )
+                    })
                 }
                 Slot::Settled {
                     holds: Holds::No, ..
@@ -300,6 +307,7 @@ impl Votes {
         shared: Arc<Shared>,
         keys: Keys,
         value: Arc<str>,
+        announce: bool,
     ) {
         if self.is_clean() {
             return;
@@ -308,7 +316,7 @@ impl Votes {
             Ok(handle) => {
                 handle.spawn(
                     async move {
-                        let tally = self.release(&shared, &keys, &value).await;
+                        let tally = self.release(&shared, &keys, &value, announce).await;
                         tracing::debug!(
                             released = tally.released,
                             failed = tally.failures.len(),

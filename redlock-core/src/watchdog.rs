@@ -1,7 +1,7 @@
 //! Auto-extension: keeps a lock alive while its holder works.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -65,7 +65,7 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
         .every
         .unwrap_or(ttl / 3)
         .max(Duration::from_millis(1));
-    let mut next = started + every;
+    let mut next = aligned(started, every);
     loop {
         let stopped = state.stopped().notified();
         if state.is_released() {
@@ -91,8 +91,8 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
             }
             extension = extension.min(end - now);
         }
-        match state.extend_by(extension).await {
-            Ok(_) => next = Instant::now() + every,
+        match state.shared.renewer.extend(state.clone(), extension).await {
+            Ok(_) => next = aligned(Instant::now(), every),
             Err(Error::Expired { .. }) => {
                 crate::telemetry::lost();
                 return;
@@ -105,5 +105,39 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
                 next = Instant::now() + (every / 4).min(left / 2).max(Duration::from_millis(1));
             }
         }
+    }
+}
+
+/// The next extension time, `now + every` rounded *down* to a grid of `every / 8` shared by the
+/// whole process. Locks with the same interval then come due together and are renewed in one
+/// batch ([`renewer`](crate::renewer)); rounding down only makes an extension a little early.
+fn aligned(now: Instant, every: Duration) -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let target = now + every;
+    let grid = (every / 8).max(Duration::from_millis(1));
+    let since = target.saturating_duration_since(epoch);
+    let slots = since.as_nanos() / grid.as_nanos();
+    let snapped = u32::try_from(slots)
+        .ok()
+        .and_then(|slots| grid.checked_mul(slots))
+        .map_or(target, |offset| epoch + offset);
+    if snapped > now { snapped } else { target }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_snap_early_onto_a_shared_grid() {
+        let every = Duration::from_millis(800);
+        let a = Instant::now();
+        let b = a + Duration::from_millis(30);
+        let (na, nb) = (aligned(a, every), aligned(b, every));
+        assert!(na <= a + every && na > a + every - every / 8);
+        assert!(nb <= b + every && nb > b + every - every / 8);
+        // Two locks 30 ms apart usually land in the same 100 ms slot, never more than one apart.
+        assert!(nb.duration_since(na) <= every / 8);
     }
 }

@@ -328,7 +328,7 @@ async fn a_release_in_another_process_wakes_the_waiter() {
     let nodes = cluster(3);
     let holder = redlock(&nodes);
     let waiter = redlock_with(&nodes, |b| {
-        b.retry(Retry::new(3, Duration::from_secs(5), Duration::ZERO))
+        b.retry(Retry::new(10, Duration::from_secs(5), Duration::ZERO))
     });
     let held = holder.lock("announce").await.unwrap();
     let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();

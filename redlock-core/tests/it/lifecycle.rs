@@ -192,3 +192,43 @@ impl Drop for SetOnDrop {
         self.0.store(true, Ordering::SeqCst);
     }
 }
+
+/// Auto-extended locks are renewed in batches: 200 locks held for about ten renewal periods
+/// cost a few dozen extension scripts per node, not one per lock per period, and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_extension_batches_renewals_per_node() {
+    let nodes = cluster(3);
+    let ttl = Duration::from_millis(600);
+    let redlock = redlock_with(&nodes, |b| {
+        b.ttl(ttl).node_timeout(Duration::from_millis(100))
+    });
+    let mut locks = Vec::new();
+    for i in 0..200 {
+        let lock = redlock.lock(&format!("batch:{i}")).await.unwrap();
+        lock.auto_extend(AutoExtend::new());
+        locks.push(lock);
+    }
+    let before = script_calls(&nodes[0]);
+    tokio::time::sleep(ttl * 3).await;
+    let calls = script_calls(&nodes[0]) - before;
+    assert!(locks.iter().all(|l| l.is_valid()), "no lock lost");
+    // Unbatched this would be about 200 locks × 5 periods = 1000 calls.
+    assert!(
+        calls > 0 && calls < 200,
+        "extension scripts on one node: {calls}"
+    );
+    for lock in locks {
+        lock.release().await.unwrap();
+    }
+}
+
+/// `EVALSHA` calls a node has served so far.
+fn script_calls(node: &redlock_tests::RedisNode) -> i64 {
+    let info = node.query(&["INFO", "commandstats"]).unwrap();
+    let text = info.as_str().unwrap().to_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
