@@ -32,26 +32,63 @@
 //!
 //! # Guarantees
 //!
-//! Each claim is backed by an integration test in `redlock-core/tests/it`:
+//! Each claim is backed by an integration test in `redlock-core/tests/it` (module::test):
 //!
-//! - A lock is granted only with a quorum of OK votes and while validity remains; the deadline
-//!   never exceeds `T1 + ttl − drift` (`acquire::deadline_is_anchored_before_the_first_send`).
+//! - A lock is granted only with a quorum of OK votes and while validity remains; its deadline
+//!   is `T1 + ttl − drift` with `T1` read before the first send
+//!   (`acquire::deadline_is_anchored_before_the_first_send`,
+//!   `acquire::slow_acquisition_without_enough_validity_is_refused_and_undone`).
+//! - The vote is decided as soon as its outcome is known, without waiting for a frozen node
+//!   (`acquire::quorum_decides_without_waiting_for_a_frozen_node`).
 //! - Two clients never hold the same resource at once while the nodes keep their keys
-//!   (`acquire::concurrent_clients_never_overlap`).
+//!   (`acquire::concurrent_clients_never_overlap`, `acquire::local_waiters_queue_fairly_and_never_overlap`).
 //! - A failed attempt releases every node it may have reached, including nodes that timed
 //!   out, each behind its own SET (`faults::paused_minority_leaves_no_orphan_key`,
 //!   `acquire::contended_attempt_leaves_none_of_our_keys`).
 //! - Release and extension never touch a key holding another token, and an expired lock is
-//!   never resurrected (`release::*`, `extend::*`).
-//! - Dropping a `lock()` future at any point leaves no key behind
-//!   (`cancel::dropped_acquisitions_leave_no_keys`).
+//!   never resurrected (`release::release_leaves_a_key_held_by_another_token`,
+//!   `extend::extend_never_recreates_a_missing_key`,
+//!   `extend::extend_after_the_deadline_fails_and_creates_nothing`); both survive `SCRIPT FLUSH`
+//!   and node restarts (`release::release_and_extend_survive_*`).
+//! - Dropping a `lock()` future at any point, or a `Lock`, leaves no key behind
+//!   (`cancel::dropped_acquisitions_leave_no_keys`, `cancel::dropped_lock_is_released_in_the_background`).
 //! - A minority of nodes down or paused costs at most the node timeout; a majority down fails
-//!   fast with per-node errors (`faults::*`).
+//!   fast with per-node errors and never hangs (`faults::*`).
+//! - [`Lock::lost`] fires at the deadline even with every node frozen; [`Redlock::run`] drops
+//!   the work when the lock is lost, releases on every exit path including panics, and
+//!   auto-extension holds a lock for ten ttls and stops at `max_hold` (`lifecycle::*`).
+//! - Fencing tokens strictly increase across holders whose majorities differ, including the
+//!   counterexample that breaks "INCR and take the max" (`fencing::*`).
+//! - `lock_many` is all or nothing (`many::*`).
 //!
-//! Without fencing tokens, Redlock is an *efficiency* lock: a holder paused past its deadline can
-//! still act. See the operational contract in the repository README: independent primaries, no
-//! failover behind an endpoint, clocks that slew and never step, and nodes that either persist
-//! with `appendfsync always` or stay down for a ttl after a crash.
+//! # Waiting, fairness and renewals
+//!
+//! Tasks of one process that want the same lock queue in arrival order: only the head of the
+//! line talks to the nodes, and a release hands the lock to the next task at once. A task blocked
+//! by another process subscribes to the lock's release announcement (`<key>:released`, published
+//! by the release script) and retries as soon as it is released; its retry pause is only a
+//! fallback bound. Auto-extended locks are renewed in batches of up to 100 per node and script
+//! call.
+//!
+//! # Fencing
+//!
+//! Without fencing tokens, Redlock is an *efficiency* lock: a holder paused past its deadline
+//! (GC, swap, a stopped VM) can still act after someone else took the lock. With
+//! [`fencing`](RedlockBuilder::fencing) enabled, every lock carries a [`FencingToken`] from a
+//! two-phase quorum max-register: phase 1 sets the lock key and reads `{key}:fence` on each node
+//! in one script; the candidate is one more than the largest counter of the granting quorum;
+//! phase 2 writes it back, on each of those nodes that still holds our token, and needs a quorum
+//! again. Any two quorums share a node, where the two holders owned the key in disjoint periods,
+//! so tokens are unique and increase with the real-time order of acquisitions, under any pause,
+//! delay or clock jump, **provided fence counters are never lost**: run the nodes with AOF
+//! `appendfsync always`. A delayed restart without persistence protects lock keys, which expire
+//! anyway, but not counters, which have no ttl. A resource that rejects writes carrying a token
+//! lower than one it has accepted is then safe from stale holders (see the `fencing` example).
+//!
+//! # Operational contract
+//!
+//! Independent primaries with no failover behind an endpoint; clocks that slew and never step;
+//! nodes that either persist with `appendfsync always` or stay down for a ttl after a crash.
 //!
 //! # Feature flags
 //!

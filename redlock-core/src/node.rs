@@ -19,7 +19,7 @@ use bb8_redis::{
         aio::MultiplexedConnection,
     },
 };
-use tracing::debug;
+use tracing::{debug, instrument};
 
 use crate::{
     error::{Error, NodeError, NodeErrorKind, Redacted},
@@ -315,6 +315,7 @@ impl Node {
     /// Compare-and-delete. `Ok(true)` when our token was there and is now gone. Goes through
     /// `link` when given (to stay behind a doubtful SET on the same connection); a link whose
     /// connection dropped is replaced by a fresh one, since nothing more can arrive through it.
+    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn release(
         &self,
         link: Option<&Link>,
@@ -347,6 +348,7 @@ impl Node {
     }
 
     /// Compare-and-extend. `Ok(true)` when our token was there and its expiry is now `ttl`.
+    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn extend(
         &self,
         keys: &[String],
@@ -364,6 +366,7 @@ impl Node {
     }
 
     /// Batched compare-and-extend: one flag per key, in order.
+    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn extend_batch(
         &self,
         keys: &[&str],
@@ -411,6 +414,7 @@ impl Node {
     }
 
     /// Phase 2 of fencing: raise the fence counter to `t` while the lock key holds our token.
+    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn publish_fence(
         &self,
         key: &str,
@@ -430,6 +434,7 @@ impl Node {
     }
 
     /// `PING`, to check reachability in [`Redlock::connect`](crate::Redlock::connect).
+    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn ping(&self) -> Result<(), NodeErrorKind> {
         let link = self.link().await?;
         let mut conn = link.conn.clone();
