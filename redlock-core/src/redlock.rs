@@ -84,6 +84,9 @@ pub struct LockOptions {
     pub retry: Option<Retry>,
     /// Issue a fencing token. Defaults to the `Redlock`'s setting.
     pub fencing: Option<bool>,
+    /// Keep retrying until this much time has passed, however many attempts that takes.
+    /// Defaults to `None`: the retry policy's attempts.
+    pub wait: Option<Duration>,
 }
 
 impl LockOptions {
@@ -103,6 +106,16 @@ impl LockOptions {
     #[must_use]
     pub fn retry(mut self, retry: Retry) -> Self {
         self.retry = Some(retry);
+        self
+    }
+
+    /// Waits for the lock up to `max` (queueing, woken by releases, retrying with the policy's
+    /// pauses), then returns the last attempt's error: [`Error::Contended`] or
+    /// [`Error::NoQuorum`]. The attempt count of the retry policy is ignored. Defaults to
+    /// `None`: the policy's attempts.
+    #[must_use]
+    pub fn wait(mut self, max: Duration) -> Self {
+        self.wait = Some(max);
         self
     }
 
@@ -285,9 +298,15 @@ impl Redlock {
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
         let target = self.target(resources, ttl, fenced)?;
+        let started = Instant::now();
+        let (attempts, until) = match options.wait {
+            Some(max) => (u32::MAX, started.checked_add(max)),
+            None => (retry.attempts, started.checked_add(retry.budget())),
+        };
+        // A wait too long to represent is no deadline at all.
+        let until = until.unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
         // Queue behind the other tasks of this process that want the same lock: only the head
         // of the line talks to the nodes, and a local release wakes the next one at once.
-        let until = Instant::now() + retry.budget();
         let Some(turn) = self.shared.local.turn(&target.queue, until).await else {
             return Err(Error::Contended {
                 key: target.name,
@@ -302,7 +321,7 @@ impl Redlock {
                     lock.hold_turn(turn);
                     return Ok(lock);
                 }
-                Err(err) if err.is_retryable() && attempt < retry.attempts => {
+                Err(err) if err.is_retryable() && attempt < attempts && Instant::now() < until => {
                     debug!(attempt, error = %err, "attempt failed");
                     attempt += 1;
                     if err.is_contended() && watch.is_none() {
@@ -311,7 +330,9 @@ impl Redlock {
                         watch = Some(self.shared.notifier.watch(&target.keys).await);
                         continue;
                     }
-                    let pause = retry.pause();
+                    let pause = retry
+                        .pause()
+                        .min(until.saturating_duration_since(Instant::now()));
                     match &watch {
                         Some(watch) => {
                             tokio::select! {

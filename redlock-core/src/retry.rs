@@ -53,7 +53,9 @@ impl Retry {
     /// The longest a `lock` call may spend waiting: every pause at its longest. Also bounds the
     /// wait for the in-process queue.
     pub(crate) fn budget(&self) -> Duration {
-        (self.delay + self.jitter).saturating_mul(self.attempts)
+        self.delay
+            .saturating_add(self.jitter)
+            .saturating_mul(self.attempts)
     }
 
     /// The pause before the next attempt.
@@ -64,7 +66,7 @@ impl Retry {
         } else {
             rand::random_range(0..=jitter_ms)
         };
-        self.delay + Duration::from_micros(extra)
+        self.delay.saturating_add(Duration::from_micros(extra))
     }
 }
 
@@ -89,6 +91,13 @@ mod tests {
             pauses.iter().any(|p| *p != pauses[0]),
             "the pause is random"
         );
+    }
+
+    #[test]
+    fn extreme_values_saturate_instead_of_panicking() {
+        let retry = Retry::new(u32::MAX, Duration::MAX, Duration::MAX);
+        assert_eq!(retry.budget(), Duration::MAX);
+        assert!(retry.pause() >= Duration::MAX - Duration::from_secs(1));
     }
 
     #[test]

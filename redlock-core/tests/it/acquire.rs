@@ -369,3 +369,45 @@ async fn a_release_in_another_process_wakes_the_waiter() {
         .await
     );
 }
+
+/// `LockOptions::wait` bounds the wait by time, whatever the attempt count, and reports the
+/// last outcome when it runs out.
+#[tokio::test]
+async fn wait_is_bounded_by_time_and_reports_the_last_outcome() {
+    let nodes = cluster(3);
+    let holder = redlock(&nodes);
+    let waiter = redlock_with(&nodes, |b| {
+        b.retry(Retry::new(1, Duration::from_millis(20), Duration::ZERO))
+    });
+    let held = holder.lock("patience").await.unwrap();
+    let started = Instant::now();
+    let err = waiter
+        .lock_with(
+            "patience",
+            LockOptions::new().wait(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(err.is_contended(), "{err:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "waited the whole bound: {waited:?}"
+    );
+    assert!(
+        matches!(err, Error::Contended { attempts, .. } if attempts > 1),
+        "{err:?}"
+    );
+    let task = tokio::spawn(async move {
+        waiter
+            .lock_with("patience", LockOptions::new().wait(Duration::from_secs(10)))
+            .await
+    });
+    held.release().await.unwrap();
+    task.await
+        .unwrap()
+        .expect("acquired within the wait")
+        .release()
+        .await
+        .unwrap();
+}
