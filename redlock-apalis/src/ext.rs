@@ -45,8 +45,8 @@ use crate::{
 /// # }
 /// ```
 ///
-/// `markers` must live on the lock's nodes: build both from one [`RedlockConfig`] with
-/// [`CompletionMarkers::from_config`] (a `Redlock` does not reveal its node addresses).
+/// `markers` must live on the lock's nodes: [`CompletionMarkers::for_redlock`] builds them from
+/// the `Redlock`'s own configuration.
 ///
 /// Implemented for async functions taking the job and up to 16 extractors (like `build` itself),
 /// and for any `Service<Task<Args>>`. `Args` and `Svc` are inferred; they only tell the two

@@ -28,8 +28,8 @@
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let nodes = RedlockConfig::from_env()?; // REDLOCK_NODES=redis://10.0.0.1:6379,...
-//! let redlock = RedlockBuilder::from_config(nodes.clone()).ttl(Duration::from_secs(30)).build()?;
-//! let markers = CompletionMarkers::from_config(&nodes)?; // the same nodes, timeout and prefix
+//! let redlock = RedlockBuilder::from_config(nodes).ttl(Duration::from_secs(30)).build()?;
+//! let markers = CompletionMarkers::for_redlock(&redlock)?; // the same nodes, timeout and prefix
 //!
 //! let conn = apalis_redis::connect("redis://10.0.0.9:6379").await?;
 //! let storage = RedisStorage::<Invoice>::new(conn).with_config(Config::default().queue("invoices"));

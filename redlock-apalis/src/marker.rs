@@ -137,6 +137,16 @@ impl CompletionMarkers {
             .key_prefix(config.key_prefix.clone()))
     }
 
+    /// A marker store on the nodes `redlock` locks on, with its node timeout and key prefix.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](CompletionMarkers::new); [`Error::NoNodes`](crate::Error::NoNodes) when the
+    /// `Redlock` was built from pools only (no URLs to reach the nodes by).
+    pub fn for_redlock(redlock: &redlock_core::Redlock) -> Result<CompletionMarkers> {
+        CompletionMarkers::from_config(redlock.config())
+    }
+
     /// Budget for one node to answer one command, connecting included. A dead node costs at most
     /// this per read or write. Defaults to 100 ms.
     #[must_use]

@@ -162,7 +162,7 @@ impl RedlockBuilder {
                 settings.node_timeout,
             ));
         }
-        Ok(Redlock::from_parts(nodes, settings))
+        Ok(Redlock::from_parts(self.config, nodes, settings))
     }
 }
 
@@ -183,6 +183,7 @@ mod tests {
             .unwrap();
         assert_eq!(redlock.node_count(), 3);
         assert_eq!(redlock.quorum(), 2);
+        assert_eq!(redlock.config().nodes[2], "redis://127.0.0.1:3");
     }
 
     #[test]

@@ -123,7 +123,7 @@ mod token;
 mod votes;
 mod watchdog;
 
-pub use bb8_redis::{bb8, redis};
+pub use bb8_redis::{RedisConnectionManager, bb8, redis};
 pub use builder::RedlockBuilder;
 pub use config::{MAX_TTL, RedlockConfig};
 pub use error::{Error, NodeError, NodeErrorKind, Result};

@@ -54,6 +54,8 @@ pub struct Redlock {
 
 /// What every clone of a [`Redlock`] shares.
 pub(crate) struct Shared {
+    /// What the client was built from (URLs with credentials: never logged).
+    pub(crate) config: RedlockConfig,
     pub(crate) nodes: Vec<Node>,
     pub(crate) settings: Settings,
     /// In-process queues of tasks waiting for the same lock.
@@ -143,9 +145,14 @@ impl Redlock {
         RedlockBuilder::from_config(RedlockConfig::from_env()?).build()
     }
 
-    pub(crate) fn from_parts(nodes: Vec<Node>, settings: Settings) -> Redlock {
+    pub(crate) fn from_parts(
+        config: RedlockConfig,
+        nodes: Vec<Node>,
+        settings: Settings,
+    ) -> Redlock {
         Redlock {
             shared: Arc::new(Shared {
+                config,
                 notifier: Arc::new(Notifier::new(
                     nodes.iter().filter_map(|n| n.client().cloned()).collect(),
                     settings.node_timeout,
@@ -156,6 +163,14 @@ impl Redlock {
                 renewer: Renewer::default(),
             }),
         }
+    }
+
+    /// The configuration this client was built from, for components that talk to the same
+    /// nodes (the apalis guard's completion markers, for one). Its node URLs may carry
+    /// credentials; its `Debug` redacts them. Nodes added with
+    /// [`RedlockBuilder::pool`] have no URL here.
+    pub fn config(&self) -> &RedlockConfig {
+        &self.shared.config
     }
 
     /// Number of nodes.
