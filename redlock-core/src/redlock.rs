@@ -314,12 +314,15 @@ impl Redlock {
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
         let target = self.target(resources, ttl, fenced)?;
         let started = Instant::now();
+        // With `wait`, time bounds everything; otherwise the attempt count bounds the retries
+        // and the longest the pauses could add up to bounds the wait in the local queue.
         let (attempts, until) = match options.wait {
             Some(max) => (u32::MAX, started.checked_add(max)),
             None => (retry.attempts, started.checked_add(retry.budget())),
         };
         // A wait too long to represent is no deadline at all.
         let until = until.unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
+        let timed = options.wait.is_some();
         // Queue behind the other tasks of this process that want the same lock: only the head
         // of the line talks to the nodes, and a local release wakes the next one at once.
         let Some(turn) = self.shared.local.turn(&target.queue, until).await else {
@@ -336,7 +339,11 @@ impl Redlock {
                     lock.hold_turn(turn);
                     return Ok(lock);
                 }
-                Err(err) if err.is_retryable() && attempt < attempts && Instant::now() < until => {
+                Err(err)
+                    if err.is_retryable()
+                        && attempt < attempts
+                        && (!timed || Instant::now() < until) =>
+                {
                     debug!(attempt, error = %err, "attempt failed");
                     attempt += 1;
                     if err.is_contended() && watch.is_none() {
@@ -345,9 +352,10 @@ impl Redlock {
                         watch = Some(self.shared.notifier.watch(&target.keys).await);
                         continue;
                     }
-                    let pause = retry
-                        .pause()
-                        .min(until.saturating_duration_since(Instant::now()));
+                    let mut pause = retry.pause();
+                    if timed {
+                        pause = pause.min(until.saturating_duration_since(Instant::now()));
+                    }
                     match &watch {
                         Some(watch) => {
                             tokio::select! {
