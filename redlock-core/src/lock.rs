@@ -95,6 +95,9 @@ pub struct Release {
     pub released: usize,
     /// Nodes that answered but no longer held our token (it expired, or was never set there).
     pub absent: usize,
+    /// Nodes whose SET had not answered yet: each is released in the background right behind
+    /// its SET, on the same connection.
+    pub pending: usize,
     /// The quorum of the lock.
     pub quorum: usize,
     /// Nodes that did not answer; their keys expire by ttl.
@@ -287,14 +290,24 @@ impl Lock {
             });
         };
         // The votes stay in place until the release is done: if this future is dropped mid-way,
-        // dropping the Lock hands what is left to a background task. Stragglers (SETs still
-        // unanswered) are awaited, within their node timeout, so that each is released behind
-        // its own SET and the outcome covers every node.
+        // dropping the Lock hands what is left to a background task. A node whose SET has not
+        // answered yet (a straggler of a vote decided at quorum) is not waited for: a background
+        // task releases it right behind that SET, on the same connection, so this call costs one
+        // round trip to the nodes that answered.
         let tally = votes
-            .release(&state.shared, &state.keys, &state.value, true)
+            .release_settled(&state.shared, &state.keys, &state.value, true)
             .await;
-        *guard = None;
+        let pending = votes.pending();
+        if let Some(rest) = guard.take() {
+            rest.release_in_background(
+                state.shared.clone(),
+                state.keys.clone(),
+                state.value.clone(),
+                true,
+            );
+        }
         drop(guard);
+        state.pass_turn();
         let quorum = state.shared.settings.quorum;
         let answered = tally.released + tally.absent;
         debug!(
@@ -313,6 +326,7 @@ impl Lock {
         Ok(Release {
             released: tally.released,
             absent: tally.absent,
+            pending,
             quorum,
             failures: tally.failures,
         })

@@ -482,8 +482,11 @@ impl Redlock {
             }
         });
         crate::telemetry::acquisition(outcome.as_ref().map(|_| ()), t1.elapsed());
-        match (outcome, guard.votes.take()) {
-            (Ok(fence), Some(votes)) => {
+        match outcome {
+            Ok(fence) => {
+                let Some(votes) = guard.votes.take() else {
+                    return Err(Error::EmptyKey);
+                };
                 debug!(elapsed_ms = t1.elapsed().as_millis(), fence = ?fence, "granted");
                 Ok(Lock::new(
                     self.shared.clone(),
@@ -496,18 +499,18 @@ impl Redlock {
                     fence,
                 ))
             }
-            (outcome, mut votes) => {
+            Err(error) => {
                 // Not granted: undo every SET that may have applied before reporting, so a
-                // competitor does not wait a whole ttl for our partial lock. Stragglers are not
-                // waited for: the guard hands them to a background task that releases each
-                // behind its own SET.
-                if let Some(votes) = votes.as_mut() {
+                // competitor does not wait a whole ttl for our partial lock. The votes stay in
+                // the guard meanwhile: if this future is dropped here, the guard still owes the
+                // release. Stragglers are not waited for: the guard hands them (and any node
+                // that did not answer) to a background task that releases each behind its own
+                // SET.
+                if let Some(votes) = guard.votes.as_mut() {
                     votes
                         .release_settled(&self.shared, keys, &value, false)
                         .await;
                 }
-                guard.votes = votes;
-                let error = outcome.err().unwrap_or(Error::EmptyKey);
                 debug!(%error, "denied");
                 Err(error)
             }

@@ -104,6 +104,11 @@ impl Votes {
         }
     }
 
+    /// Nodes whose SET has not answered yet.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending
+    }
+
     /// Records every reply that has already arrived, without waiting.
     pub(crate) fn drain(&mut self, shared: &Shared) {
         while self.pending > 0 {
@@ -228,9 +233,11 @@ impl Votes {
     ) -> ReleaseTally {
         // Replies that arrived since the decision are as good as settled.
         self.drain(shared);
+        // A node is marked released only once it answered: if this future is dropped mid-way,
+        // the nodes not yet confirmed are still owed a release (by the caller's drop guard).
         let calls = self
             .slots
-            .iter_mut()
+            .iter()
             .enumerate()
             .filter_map(|(index, slot)| match slot {
                 Slot::Settled {
@@ -238,14 +245,13 @@ impl Votes {
                     link,
                     ..
                 } => {
-                    // An answered SET leaves nothing in flight, so any connection will do; a doubtful
-                    // one must be followed on its own connection.
+                    // An answered SET leaves nothing in flight, so any connection will do; a
+                    // doubtful one must be followed on its own connection.
                     let link = if *holds == Holds::Maybe {
-                        link.take()
+                        link.clone()
                     } else {
                         None
                     };
-                    *holds = Holds::No;
                     let node = &shared.nodes[index];
                     Some(async move {
                         (
@@ -259,11 +265,23 @@ impl Votes {
                 }
                 | Slot::Pending => None,
             });
+        let results = join_all(calls).await;
         let mut tally = ReleaseTally::default();
-        for (index, result) in join_all(calls).await {
+        for (index, result) in results {
             match result {
-                Ok(true) => tally.released += 1,
-                Ok(false) => tally.absent += 1,
+                Ok(released) => {
+                    if released {
+                        tally.released += 1;
+                    } else {
+                        tally.absent += 1;
+                    }
+                    if let Slot::Settled { holds, link, .. } = &mut self.slots[index] {
+                        *holds = Holds::No;
+                        *link = None;
+                    }
+                }
+                // No answer: the release may or may not have run; the node stays owed one, and
+                // compare-and-delete is harmless to repeat.
                 Err(kind) => tally.failures.push(shared.nodes[index].error(kind)),
             }
         }

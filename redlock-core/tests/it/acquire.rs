@@ -94,12 +94,14 @@ async fn quorum_decides_without_waiting_for_a_frozen_node() {
             .unwrap();
         let held = values(&nodes_except(&nodes, frozen), "redlock:fanout");
         assert!(held.iter().all(Option::is_some), "{held:?}");
-        let release = lock.release().await.unwrap();
+        let release = tokio::time::timeout(node_timeout / 2, lock.release())
+            .await
+            .expect("release does not wait for the frozen node")
+            .unwrap();
         assert_eq!(release.released, 2);
         assert_eq!(
-            release.failures.len(),
-            1,
-            "the frozen node could not answer"
+            release.pending, 1,
+            "the frozen node's SET is released behind it"
         );
         nodes[frozen].resume().unwrap();
         assert!(
@@ -146,6 +148,16 @@ async fn every_acquisition_stores_a_fresh_128_bit_token() {
         assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(seen.insert(token), "token reused");
         lock.release().await.unwrap();
+        // A straggler's key is released in the background; wait for it before the next round.
+        assert!(
+            eventually(Duration::from_secs(2), || crate::support::values(
+                &nodes,
+                "redlock:token"
+            )
+            .iter()
+            .all(Option::is_none))
+            .await
+        );
     }
 }
 

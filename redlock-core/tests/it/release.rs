@@ -39,9 +39,15 @@ async fn release_deletes_our_key_everywhere() {
         .await
     );
     let release = lock.release().await.unwrap();
-    assert_eq!((release.released, release.absent), (3, 0));
+    // A node whose SET reply was still in flight is released right behind it, in the background.
+    assert_eq!(release.released + release.pending, 3, "{release:?}");
+    assert_eq!(release.absent, 0);
     assert!(!release.was_expired());
-    assert_eq!(values(&nodes, "redlock:mine"), vec![None, None, None]);
+    assert!(
+        eventually(Duration::from_secs(2), || values(&nodes, "redlock:mine")
+            == vec![None, None, None])
+        .await
+    );
 }
 
 /// Scripts run by EVALSHA; after `SCRIPT FLUSH` (as after a restart) the NOSCRIPT answer makes
