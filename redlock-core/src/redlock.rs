@@ -334,7 +334,9 @@ impl Redlock {
         let mut attempt = 1;
         let mut watch = None;
         loop {
-            match self.attempt(&target, ttl, fenced).await {
+            // Once another process is known to hold the lock, attempts go to one node first:
+            // see `Votes::send_first`.
+            match self.attempt(&target, ttl, fenced, watch.is_some()).await {
                 Ok(lock) => {
                     lock.hold_turn(turn);
                     return Ok(lock);
@@ -440,7 +442,7 @@ impl Redlock {
         let Some(turn) = self.shared.local.try_turn(&target.queue) else {
             return Ok(None);
         };
-        match self.attempt(&target, ttl, fenced).await {
+        match self.attempt(&target, ttl, fenced, false).await {
             Ok(lock) => {
                 lock.hold_turn(turn);
                 Ok(Some(lock))
@@ -452,7 +454,13 @@ impl Redlock {
 
     /// One Redlock round: SET NX PX everywhere at once, decide at quorum, check validity (and,
     /// fenced, publish the token on a quorum first).
-    async fn attempt(&self, target: &Target, ttl: Duration, fenced: bool) -> Result<Lock> {
+    async fn attempt(
+        &self,
+        target: &Target,
+        ttl: Duration,
+        fenced: bool,
+        sequenced: bool,
+    ) -> Result<Lock> {
         let settings = &self.shared.settings;
         let keys = &target.keys;
         let resource = target.name.as_str();
@@ -461,12 +469,29 @@ impl Redlock {
         // T1 is taken before the first byte leaves, so the time spent acquiring is subtracted
         // from the validity whatever happens while waiting for replies.
         let t1 = Instant::now();
+        let votes = if sequenced {
+            let first = sequencer(&target.keys[0], self.shared.nodes.len());
+            Votes::send_first(&self.shared, keys, &value, ttl, fenced, first)
+        } else {
+            Votes::send(&self.shared, keys, &value, ttl, fenced)
+        };
         let mut guard = AttemptGuard {
-            votes: Some(Votes::send(&self.shared, keys, &value, ttl, fenced)),
+            votes: Some(votes),
             shared: &self.shared,
             keys,
             value: &value,
         };
+        if sequenced && let Some(votes) = guard.votes.as_mut() {
+            if votes.first_is_busy(&self.shared).await {
+                // Another waiter got through first (or the holder is still there): nothing of
+                // ours was set anywhere.
+                return Err(Error::Contended {
+                    key: target.name.clone(),
+                    attempts: 1,
+                });
+            }
+            votes.send_rest(&self.shared);
+        }
         let outcome = match guard.votes.as_mut() {
             Some(votes) => self.decide(votes, resource, &keys[0], &value, fenced).await,
             None => Err(Error::EmptyKey),
@@ -586,6 +611,15 @@ impl Redlock {
         }
         Ok(Some(FencingToken::new(t)))
     }
+}
+
+/// The node a sequenced attempt asks first: the same for every client of `key` that lists the
+/// nodes in the same order (FNV-1a, stable across processes and Rust versions).
+fn sequencer(key: &str, nodes: usize) -> usize {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % nodes.max(1) as u64).unwrap_or(0)
 }
 
 /// A normalised set of resources to lock.

@@ -21,6 +21,8 @@ use crate::{
 
 /// What we know about our key on one node.
 pub(crate) enum Slot {
+    /// The SET has not been sent (the rest of a sequenced attempt that was refused first).
+    Unsent,
     /// The SET has not answered yet.
     Pending,
     /// The SET answered (or failed).
@@ -55,8 +57,19 @@ pub(crate) struct Votes {
     pending: usize,
     /// Nodes that answered that someone else holds the key.
     busy: usize,
+    /// What the unsent SETs of a sequenced attempt need; dropped once they are sent.
+    rest: Option<Rest>,
     /// Failures seen so far, for the error of a failed attempt.
     pub(crate) failures: Vec<NodeError>,
+}
+
+/// The parameters of SETs not sent yet.
+struct Rest {
+    tx: mpsc::Sender<(usize, Vote, Option<Link>)>,
+    keys: Keys,
+    value: Arc<str>,
+    ttl: Duration,
+    fenced: bool,
 }
 
 /// The tally of a vote once it was decided.
@@ -77,31 +90,94 @@ impl Votes {
         ttl: Duration,
         fenced: bool,
     ) -> Votes {
+        let mut votes = Votes::unsent(shared, keys, value, ttl, fenced);
+        votes.send_rest(shared);
+        votes
+    }
+
+    /// Sends the SET to node `first` only; [`send_rest`](Votes::send_rest) sends the others.
+    ///
+    /// Used by waiters woken by a release: if they all sent to every node at once, their SETs
+    /// would split the nodes between them and nobody would reach a quorum. Asking one node first
+    /// (the same one for every client of a key) lets exactly one of them through.
+    pub(crate) fn send_first(
+        shared: &Arc<Shared>,
+        keys: &Keys,
+        value: &Arc<str>,
+        ttl: Duration,
+        fenced: bool,
+        first: usize,
+    ) -> Votes {
+        let mut votes = Votes::unsent(shared, keys, value, ttl, fenced);
+        votes.spawn(shared, first);
+        votes
+    }
+
+    fn unsent(
+        shared: &Shared,
+        keys: &Keys,
+        value: &Arc<str>,
+        ttl: Duration,
+        fenced: bool,
+    ) -> Votes {
         let n = shared.nodes.len();
         let (tx, rx) = mpsc::channel(n);
-        for index in 0..n {
-            let (shared, keys, value, tx) =
-                (shared.clone(), keys.clone(), value.clone(), tx.clone());
-            let span = debug_span!("redlock.set", node = %shared.nodes[index].addr());
-            tokio::spawn(
-                async move {
-                    let (vote, link) = shared.nodes[index]
-                        .set_nx_px(&keys, &value, ttl, fenced)
-                        .await;
-                    // The receiver may be gone (the lock was released without waiting); then
-                    // nobody needs the answer.
-                    let _ = tx.send((index, vote, link)).await;
-                }
-                .instrument(span),
-            );
-        }
         Votes {
-            slots: (0..n).map(|_| Slot::Pending).collect(),
+            slots: (0..n).map(|_| Slot::Unsent).collect(),
             rx: Some(rx),
-            pending: n,
+            pending: 0,
             busy: 0,
+            rest: Some(Rest {
+                tx,
+                keys: keys.clone(),
+                value: value.clone(),
+                ttl,
+                fenced,
+            }),
             failures: Vec::new(),
         }
+    }
+
+    /// Sends the SET to every node it was not sent to yet.
+    pub(crate) fn send_rest(&mut self, shared: &Arc<Shared>) {
+        for index in 0..self.slots.len() {
+            if matches!(self.slots[index], Slot::Unsent) {
+                self.spawn(shared, index);
+            }
+        }
+        // Every SET task holds its own sender: the channel closes when the last one is done.
+        self.rest = None;
+    }
+
+    fn spawn(&mut self, shared: &Arc<Shared>, index: usize) {
+        let Some(rest) = &self.rest else { return };
+        let (shared, keys, value, tx) = (
+            shared.clone(),
+            rest.keys.clone(),
+            rest.value.clone(),
+            rest.tx.clone(),
+        );
+        let (ttl, fenced) = (rest.ttl, rest.fenced);
+        let span = debug_span!("redlock.set", node = %shared.nodes[index].addr());
+        tokio::spawn(
+            async move {
+                let (vote, link) = shared.nodes[index]
+                    .set_nx_px(&keys, &value, ttl, fenced)
+                    .await;
+                // The receiver may be gone (the lock was released without waiting); then
+                // nobody needs the answer.
+                let _ = tx.send((index, vote, link)).await;
+            }
+            .instrument(span),
+        );
+        self.slots[index] = Slot::Pending;
+        self.pending += 1;
+    }
+
+    /// Waits for the answers sent so far; true if a node said the key is held by someone else.
+    pub(crate) async fn first_is_busy(&mut self, shared: &Shared) -> bool {
+        self.settle(shared).await;
+        self.busy > 0
     }
 
     /// Nodes whose SET has not answered yet.
@@ -149,7 +225,7 @@ impl Votes {
 
     fn record(&mut self, shared: &Shared, index: usize, vote: Vote, link: Option<Link>) {
         self.pending -= 1;
-        if self.pending == 0 {
+        if self.pending == 0 && self.rest.is_none() {
             self.rx = None;
         }
         let mut fence = None;
@@ -263,7 +339,8 @@ impl Votes {
                 Slot::Settled {
                     holds: Holds::No, ..
                 }
-                | Slot::Pending => None,
+                | Slot::Pending
+                | Slot::Unsent => None,
             });
         let results = join_all(calls).await;
         let mut tally = ReleaseTally::default();
@@ -310,10 +387,11 @@ impl Votes {
             && self.slots.iter().all(|s| {
                 matches!(
                     s,
-                    Slot::Settled {
-                        holds: Holds::No,
-                        ..
-                    }
+                    Slot::Unsent
+                        | Slot::Settled {
+                            holds: Holds::No,
+                            ..
+                        }
                 )
             })
     }

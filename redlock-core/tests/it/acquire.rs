@@ -423,3 +423,49 @@ async fn wait_is_bounded_by_time_and_reports_the_last_outcome() {
         .await
         .unwrap();
 }
+
+/// Sixteen clients (as sixteen processes: no shared queue) contend for one key, woken by release
+/// announcements. Sequenced retries let one waiter through per release instead of splitting
+/// the votes between all of them: every round completes, never two holders at once, and no key
+/// is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_processes_contending_make_progress_without_split_votes() {
+    let nodes = cluster(3);
+    let inside = Arc::new(AtomicUsize::new(0));
+    let max_inside = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let redlock = redlock_with(&nodes, |b| {
+            b.retry(Retry::new(
+                1,
+                Duration::from_millis(5),
+                Duration::from_millis(5),
+            ))
+        });
+        let (inside, max_inside) = (inside.clone(), max_inside.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let lock = redlock
+                    .lock_with("herd", LockOptions::new().wait(Duration::from_secs(20)))
+                    .await
+                    .expect("progress under contention");
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                max_inside.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                lock.release().await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(max_inside.load(Ordering::SeqCst), 1);
+    assert!(
+        eventually(Duration::from_secs(2), || crate::support::key_count(&nodes)
+            == 0)
+        .await,
+        "leftover keys: {}",
+        crate::support::key_count(&nodes)
+    );
+}
