@@ -13,6 +13,13 @@
 //! * [`Cluster`] starts N independent nodes in parallel — a Redlock deployment.
 //! * [`RedisNode::query`] speaks just enough RESP2 (a [`Reply`]) to inspect a
 //!   node without a redis client crate.
+//! * Fault injection for chaos tests: [`Proxy`] / [`ProxySet`] put an
+//!   in-process TCP proxy between each client and each node, with
+//!   [delay, blackhole, refuse and reset](ProxyMode) switchable at runtime, so
+//!   asymmetric partitions work on loopback; [`RedisNode::restart_after`]
+//!   (delayed restart), [`RedisNode::snapshot`] and [`RedisNode::restart_from`]
+//!   (rollback to an older data directory) and [`RedisNode::jump_clock`]
+//!   (an emulated forward clock jump) cover the ways a node can forget a key.
 //!
 //! Dropping a node (or cluster) kills its processes and deletes its data.
 //!
@@ -45,11 +52,15 @@
 //! ```
 
 mod cluster;
+mod faults;
 mod node;
+mod proxy;
 mod resp;
 mod server;
 
 pub use cluster::Cluster;
+pub use faults::DataSnapshot;
 pub use node::RedisNode;
+pub use proxy::{Direction, Proxy, ProxyMode, ProxySet};
 pub use resp::Reply;
 pub use server::{Persistence, server_available, server_binary};
