@@ -279,7 +279,7 @@ impl Lock {
     /// # Cancel safety
     ///
     /// Dropping the future hands the release to a background task, as dropping the `Lock` does.
-    #[instrument(skip_all, fields(key = %self.state.keys[0]))]
+    #[instrument(level = "debug", skip_all, fields(key = %self.state.keys[0]))]
     pub async fn release(self) -> Result<Release> {
         let state = &self.state;
         state.stop();
@@ -386,7 +386,7 @@ impl LockState {
         self.stop.notify_waiters();
     }
 
-    #[instrument(skip_all, fields(key = %self.keys[0], ttl_ms = ttl.as_millis()))]
+    #[instrument(level = "debug", skip_all, fields(key = %self.keys[0], ttl_ms = ttl.as_millis()))]
     pub(crate) async fn extend_by(&self, ttl: Duration) -> Result<Instant> {
         let t1 = Instant::now();
         let old_deadline = self.extension_start(ttl, t1)?;

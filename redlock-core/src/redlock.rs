@@ -198,7 +198,7 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// Cancel safe: it writes nothing.
-    #[instrument(skip_all, fields(nodes = self.shared.nodes.len()))]
+    #[instrument(level = "debug", skip_all, fields(nodes = self.shared.nodes.len()))]
     pub async fn connect(&self) -> Result<()> {
         let results = join_all(
             self.shared
@@ -247,7 +247,7 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// As [`lock`](Redlock::lock).
-    #[instrument(skip_all, fields(key = %resource))]
+    #[instrument(level = "debug", skip_all, fields(key = %resource))]
     pub async fn lock_with(&self, resource: &str, options: LockOptions) -> Result<Lock> {
         self.lock_resources(vec![resource.to_owned()], options)
             .await
@@ -307,7 +307,7 @@ impl Redlock {
         self.lock_resources(resources, options).await
     }
 
-    #[instrument(skip_all, fields(key = %resources.first().map(String::as_str).unwrap_or("")))]
+    #[instrument(level = "debug", skip_all, fields(key = %resources.first().map(String::as_str).unwrap_or("")))]
     async fn lock_resources(&self, resources: Vec<String>, options: LockOptions) -> Result<Lock> {
         let retry = options.retry.unwrap_or(self.shared.settings.retry);
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
@@ -429,7 +429,7 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// As [`lock`](Redlock::lock).
-    #[instrument(skip_all, fields(key = %resource))]
+    #[instrument(level = "debug", skip_all, fields(key = %resource))]
     pub async fn try_lock_with(
         &self,
         resource: &str,

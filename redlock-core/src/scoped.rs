@@ -67,7 +67,7 @@ impl Redlock {
     /// # Cancel safety
     ///
     /// As [`run`](Redlock::run).
-    #[instrument(skip_all, fields(key = %resource))]
+    #[instrument(level = "debug", skip_all, fields(key = %resource))]
     pub async fn run_with<F, Fut, T>(
         &self,
         resource: &str,
