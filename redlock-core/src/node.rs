@@ -100,6 +100,11 @@ pub(crate) struct Node {
     client: Option<Client>,
     pool: Pool,
     timeout: Duration,
+    /// The last healthy connection from our own pool, reused without a pool checkout: a
+    /// multiplexed connection pipelines any number of concurrent commands, and a checkout per
+    /// command (with its timer) costs more client CPU than the command itself. Replaced through
+    /// the pool as soon as it is marked broken.
+    cached: std::sync::Mutex<Option<Link>>,
 }
 
 impl fmt::Debug for Node {
@@ -150,6 +155,7 @@ impl Node {
             });
         Ok(Node {
             addr,
+            cached: std::sync::Mutex::new(None),
             client: Some(client),
             pool: Pool::Managed(pool),
             timeout,
@@ -166,6 +172,7 @@ impl Node {
     ) -> Node {
         Node {
             addr,
+            cached: std::sync::Mutex::new(None),
             client: None,
             pool: Pool::User(pool),
             timeout,
@@ -187,8 +194,26 @@ impl Node {
         }
     }
 
-    /// Checks a connection out and clones it, skipping one that died since it was last used.
+    /// A connection to send on: the cached one while it is healthy, else a fresh checkout
+    /// (skipping a pooled connection that died since it was last used).
     pub(crate) async fn link(&self) -> Result<Link, NodeErrorKind> {
+        if let Ok(cached) = self.cached.lock()
+            && let Some(link) = cached.as_ref()
+            && !link.broken.load(Ordering::Relaxed)
+        {
+            return Ok(link.clone());
+        }
+        let link = self.checkout().await?;
+        if matches!(self.pool, Pool::Managed(_))
+            && let Ok(mut cached) = self.cached.lock()
+        {
+            *cached = Some(link.clone());
+        }
+        Ok(link)
+    }
+
+    /// A connection from the pool, bounded by the node timeout.
+    async fn checkout(&self) -> Result<Link, NodeErrorKind> {
         let timeout = self.timeout;
         let checkout = async {
             match &self.pool {

@@ -27,7 +27,10 @@ pub(crate) fn channel(key: &str) -> String {
     format!("{key}:released")
 }
 
-/// Channel name → the wake-up of every watch on it.
+/// How long a channel stays subscribed after its last watcher left.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Channel name → the wake-up of every watch on it (empty while lingering).
 type Watched = Arc<Mutex<HashMap<String, Vec<Arc<Notify>>>>>;
 
 /// The subscriptions of one `Redlock`: one pub/sub connection per node, opened on first use.
@@ -77,6 +80,14 @@ impl Notifier {
         }
     }
 
+    /// True while this client listens for the release of `key`: it was contended moments ago.
+    pub(crate) fn is_watched(&self, key: &str) -> bool {
+        self.watched
+            .lock()
+            .map(|w| w.contains_key(&channel(key)))
+            .unwrap_or(false)
+    }
+
     /// Subscribes to the release of `keys` on every node (each bounded by the node timeout;
     /// a node that fails is just not heard from).
     pub(crate) async fn watch(self: &Arc<Self>, keys: &[String]) -> Watch {
@@ -85,11 +96,11 @@ impl Notifier {
         let mut fresh = Vec::new();
         if let Ok(mut watched) = self.watched.lock() {
             for ch in &channels {
-                let watchers = watched.entry(ch.clone()).or_default();
-                if watchers.is_empty() {
+                // An entry exists while subscribed, lingering ones included.
+                if !watched.contains_key(ch) {
                     fresh.push(ch.clone());
                 }
-                watchers.push(notify.clone());
+                watched.entry(ch.clone()).or_default().push(notify.clone());
             }
         }
         if !fresh.is_empty() {
@@ -167,25 +178,42 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let mut gone = Vec::new();
+        let mut idle = Vec::new();
         if let Ok(mut watched) = self.notifier.watched.lock() {
             for ch in &self.channels {
                 if let Some(watchers) = watched.get_mut(ch) {
                     watchers.retain(|n| !Arc::ptr_eq(n, &self.notify));
                     if watchers.is_empty() {
-                        watched.remove(ch);
-                        gone.push(ch.clone());
+                        idle.push(ch.clone());
                     }
                 }
             }
         }
-        if gone.is_empty() {
+        if idle.is_empty() {
             return;
         }
+        // A contended lock is usually wanted again soon: keep listening a little longer rather
+        // than unsubscribing and subscribing again on every acquisition.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let notifier = self.notifier.clone();
             runtime.spawn(async move {
-                join_all(notifier.feeds.iter().map(|f| f.unsubscribe(&gone))).await;
+                tokio::time::sleep(LINGER).await;
+                let gone: Vec<String> = match notifier.watched.lock() {
+                    Ok(mut watched) => idle
+                        .into_iter()
+                        .filter(|ch| {
+                            let unused = watched.get(ch).is_some_and(Vec::is_empty);
+                            if unused {
+                                watched.remove(ch);
+                            }
+                            unused
+                        })
+                        .collect(),
+                    Err(_) => return,
+                };
+                if !gone.is_empty() {
+                    join_all(notifier.feeds.iter().map(|f| f.unsubscribe(&gone))).await;
+                }
             });
         }
     }

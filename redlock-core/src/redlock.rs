@@ -334,9 +334,10 @@ impl Redlock {
         let mut attempt = 1;
         let mut watch = None;
         loop {
-            // Once another process is known to hold the lock, attempts go to one node first:
-            // see `Votes::send_first`.
-            match self.attempt(&target, ttl, fenced, watch.is_some()).await {
+            // Once the lock is known to be contended by other processes (now, or moments ago),
+            // attempts go to one node first: see `Votes::send_first`.
+            let sequenced = watch.is_some() || self.shared.notifier.is_watched(&target.keys[0]);
+            match self.attempt(&target, ttl, fenced, sequenced).await {
                 Ok(lock) => {
                     lock.hold_turn(turn);
                     return Ok(lock);
