@@ -88,9 +88,9 @@ impl Notifier {
             .unwrap_or(false)
     }
 
-    /// Subscribes to the release of `keys` on every node (each bounded by the node timeout;
-    /// a node that fails is just not heard from).
-    pub(crate) async fn watch(self: &Arc<Self>, keys: &[String]) -> Watch {
+    /// Subscribes to the release of `keys` on node `node` (the sequencer of the key), bounded by
+    /// the node timeout; if it fails, the waiter's retry pause is the fallback.
+    pub(crate) async fn watch(self: &Arc<Self>, keys: &[String], node: usize) -> Watch {
         let notify = Arc::new(Notify::new());
         let channels: Vec<String> = keys.iter().map(|k| channel(k)).collect();
         let mut fresh = Vec::new();
@@ -105,12 +105,11 @@ impl Notifier {
         }
         if !fresh.is_empty() {
             let watched = &self.watched;
-            join_all(
-                self.feeds
-                    .iter()
-                    .map(|feed| feed.subscribe(&fresh, watched)),
-            )
-            .await;
+            // One node is enough to hear a release (every node announces it), and one message
+            // per release per waiter keeps a crowd of waiters from waking three times each.
+            if let Some(feed) = self.feeds.get(node).or_else(|| self.feeds.first()) {
+                feed.subscribe(&fresh, watched).await;
+            }
         }
         Watch {
             notifier: self.clone(),

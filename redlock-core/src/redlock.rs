@@ -352,7 +352,8 @@ impl Redlock {
                     if err.is_contended() && watch.is_none() {
                         // Held by another process: listen for its release, then try once more
                         // at once, in case it was released before we listened.
-                        watch = Some(self.shared.notifier.watch(&target.keys).await);
+                        let node = sequencer(&target.keys[0], self.shared.nodes.len());
+                        watch = Some(self.shared.notifier.watch(&target.keys, node).await);
                         continue;
                     }
                     let mut pause = retry.pause();
