@@ -1,0 +1,1327 @@
+//! Throughput, latency, fairness and held-lock cost of redlock-core, measured in the same run
+//! against the *floor*: a bare redis-rs client that sends only what a Redlock must send
+//! (DESIGN.md §7). See `docs/performance.md` for what each row measures and a reference run.
+//!
+//! Run with
+//!
+//! ```not_rust
+//! cargo run --release -p redlock-examples --example bench
+//! cargo run --release -p redlock-examples --example bench -- --rows A,C --secs 5 --rounds 3 --json bench.jsonl
+//! ```
+//!
+//! Without `REDLOCK_NODES` it starts three local `redis-server` nodes on free ports through the
+//! test harness, and stops them when it ends (or on ctrl-c). With `REDLOCK_NODES` it uses those
+//! nodes; give it dedicated ones, since every row checks that no `redlock:bench:*` key is left.
+//!
+//! Options:
+//!
+//! - `--rows A,B,C,D` rows to run (default all): A one client, sequential; B 32 and 256 tasks on
+//!   distinct keys; C 32 tasks contending for one key; D 10,000 auto-extended locks held at once.
+//! - `--secs N` measured seconds per row and client (default 3), after `--warmup N` (default 0.5).
+//! - `--rounds R` repeat every row R times and report medians (default 1).
+//! - `--hold-locks N`, `--hold-secs N`, `--hold-ttl-ms N` shape row D (defaults 10000, 30, 3000).
+//! - `--node-timeout-ms N` our client's per-node timeout (default: the library's, 100 ms).
+//! - `--hold-here` run row D in this process rather than in a fresh child process per client and
+//!   round (which the bench starts with this flag and `REDLOCK_NODES` set to its nodes).
+//! - `--clients ours,floor` which clients to run (default both; one alone is handy under a
+//!   profiler such as `perf record`).
+//! - `--json PATH` write one JSON object per row to PATH; without it they go to stdout, each
+//!   line prefixed with `json `.
+//!
+//! `RUST_LOG` sets the log filter (default `warn`: the hot path logs at `debug`).
+
+use std::{
+    collections::BTreeMap,
+    error::Error,
+    fmt::Write as _,
+    fs,
+    io::Write as _,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::{FutureExt, future::join_all};
+use redlock_core::{
+    AutoExtend, Lock, Redlock, Retry,
+    redis::{self, AsyncConnectionConfig, aio::MultiplexedConnection},
+};
+use redlock_tests::Cluster;
+use serde_json::json;
+use tokio::{sync::Mutex, task::JoinSet};
+use tracing_subscriber::EnvFilter;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Every key both clients write starts with this, so leftovers are easy to find and remove.
+const PREFIX: &str = "redlock:";
+const BENCH_PATTERN: &str = "redlock:bench:*";
+/// Lease of rows A to C: long enough that no lock expires during a measurement.
+const TTL: Duration = Duration::from_secs(10);
+/// Upper bound on the cycles of one task in one row, so that every loop ends by count as well
+/// as by time.
+const MAX_CYCLES: u64 = 10_000_000;
+/// Concurrency used to take and release the locks of row D.
+const HOLD_WORKERS: usize = 64;
+/// Tasks contending in row C.
+const CONTENDERS: usize = 32;
+/// Row C retry pause, for ours and the floor alike: 5 ms plus up to 5 ms of jitter.
+const POLL_DELAY: Duration = Duration::from_millis(5);
+/// /proc/self/stat counts CPU time in clock ticks of 1/USER_HZ s; USER_HZ is 100 on Linux.
+const CLOCK_TICKS_PER_SEC: u64 = 100;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(args) = Args::parse(std::env::args().skip(1))? else {
+        return Ok(());
+    };
+
+    // `cluster` keeps the local nodes alive until the end of `main`; dropping it kills them.
+    let (urls, cluster) = match std::env::var("REDLOCK_NODES") {
+        Ok(nodes) if !nodes.trim().is_empty() => (
+            nodes
+                .split(',')
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect::<Vec<_>>(),
+            None,
+        ),
+        _ => {
+            let cluster = tokio::task::spawn_blocking(|| Cluster::start(3)).await??;
+            (cluster.urls(), Some(cluster))
+        }
+    };
+
+    let outcome = tokio::select! {
+        outcome = run(&args, &urls, cluster.is_some()) => outcome,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: stopping the nodes");
+            Ok(())
+        }
+    };
+    drop(cluster);
+    outcome.map_err(|e| e as Box<dyn Error>)
+}
+
+async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxError> {
+    let floor = Floor::connect(urls).await?;
+    let version = floor
+        .server_version()
+        .await
+        .unwrap_or_else(|| "?".to_owned());
+    println!(
+        "# {} nodes ({}, redis {version}), {} cores, tokio multi-thread runtime with 2 workers",
+        urls.len(),
+        if own_nodes {
+            "local, started by the harness"
+        } else {
+            "REDLOCK_NODES"
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!(
+        "# {} s per row and client after a {} s warm-up, {} round(s), medians",
+        args.secs.as_secs_f64(),
+        args.warmup.as_secs_f64(),
+        args.rounds
+    );
+    println!("# load average at start: {}", load_average());
+    let before = floor.leftovers(own_nodes).await?;
+    if before > 0 {
+        return Err(format!(
+            "the nodes already hold {before} keys: the leftover check needs them empty"
+        )
+        .into());
+    }
+
+    let builder = || {
+        let builder = Redlock::builder().nodes(urls).ttl(TTL);
+        match args.node_timeout {
+            Some(timeout) => builder.node_timeout(timeout),
+            None => builder,
+        }
+    };
+    let ours = builder().build()?;
+    // Row C retries effectively forever, like the floor's polling loop; the row's end stops it.
+    let forever = Retry::new(u32::MAX, POLL_DELAY, POLL_DELAY);
+    let ours_contended = builder().retry(forever).build()?;
+    let ours_hold = builder().ttl(args.hold_ttl).build()?;
+    // Row C32: one client per task, as 32 processes would be (own connections, own queues).
+    let (mut ours_apart, mut floors_apart) = (Vec::new(), Vec::new());
+    if args.rows.iter().any(|r| r == "C") {
+        for _ in 0..CONTENDERS {
+            ours_apart.push(Client::Ours(builder().retry(forever).build()?));
+            floors_apart.push(Client::Floor(Floor::connect(urls).await?));
+        }
+    }
+
+    let mut rows: Vec<Row> = Vec::new();
+    for id in &args.rows {
+        match id.as_str() {
+            "A" => rows.push(Row::Throughput { id: "A", tasks: 1 }),
+            "B" => {
+                rows.push(Row::Throughput {
+                    id: "B32",
+                    tasks: 32,
+                });
+                rows.push(Row::Throughput {
+                    id: "B256",
+                    tasks: 256,
+                });
+            }
+            "C" => {
+                rows.push(Row::Contended {
+                    id: "C1",
+                    clients: 1,
+                });
+                rows.push(Row::Contended {
+                    id: "C32",
+                    clients: CONTENDERS,
+                });
+            }
+            "D" => rows.push(Row::Hold),
+            _ => unreachable!("rows are validated when parsed"),
+        }
+    }
+
+    let mut results = Vec::new();
+    for row in &rows {
+        let mut ours_rounds = Vec::new();
+        let mut floor_rounds = Vec::new();
+        for round in 0..args.rounds {
+            // Alternate which client goes first, so neither always runs on a warmer (or busier)
+            // machine.
+            for ours_turn in [round % 2 == 0, round % 2 != 0] {
+                if !args
+                    .clients
+                    .contains(&if ours_turn { "ours" } else { "floor" })
+                {
+                    continue;
+                }
+                let client = if ours_turn {
+                    Client::Ours(match row {
+                        Row::Contended { .. } => ours_contended.clone(),
+                        Row::Hold => ours_hold.clone(),
+                        Row::Throughput { .. } => ours.clone(),
+                    })
+                } else {
+                    Client::Floor(floor.clone())
+                };
+                eprintln!(
+                    "row {} round {}/{}: {}",
+                    row.id(),
+                    round + 1,
+                    args.rounds,
+                    client.name()
+                );
+                let mut metrics = match *row {
+                    Row::Throughput { id, tasks } => throughput(&client, id, tasks, args).await,
+                    Row::Contended { clients: 1, .. } => contended(&[client], args).await,
+                    Row::Contended { .. } if ours_turn => contended(&ours_apart, args).await,
+                    Row::Contended { .. } => contended(&floors_apart, args).await,
+                    // A fresh process per client and round: RSS growth is only meaningful from a
+                    // heap that no earlier row (or the other client) has grown already.
+                    Row::Hold if !args.hold_here => {
+                        hold_in_child(client.name(), args, urls).await?
+                    }
+                    Row::Hold => hold(&client, args).await?,
+                };
+                // Background releases (stragglers, dropped acquisitions) get a bounded moment to
+                // land; the bound stays below the ttl, so expiry never hides a leftover.
+                let ttl = if matches!(row, Row::Hold) {
+                    args.hold_ttl
+                } else {
+                    TTL
+                };
+                let left = floor.settle(own_nodes, ttl / 2).await?;
+                metrics.insert("leftover_keys", left as f64);
+                if ours_turn {
+                    ours_rounds.push(metrics);
+                } else {
+                    floor_rounds.push(metrics);
+                }
+            }
+        }
+        results.push(RowResult {
+            row: *row,
+            ours: aggregate(&ours_rounds),
+            floor: aggregate(&floor_rounds),
+        });
+    }
+
+    print_tables(&results, args);
+    println!("\n# load average at the end: {}", load_average());
+    let mut lines = String::new();
+    for r in &results {
+        let (metric, ratio) = r.ratio();
+        let line = json!({
+            "row": r.row.id(),
+            "tasks": r.row.tasks(args),
+            "clients": match r.row {
+                Row::Contended { clients, .. } => clients,
+                _ => 1,
+            },
+            "secs": if matches!(r.row, Row::Hold) { args.hold_secs.as_secs_f64() } else { args.secs.as_secs_f64() },
+            "rounds": args.rounds,
+            "nodes": urls.len(),
+            "ours": r.ours,
+            "floor": r.floor,
+            "ratio_metric": metric,
+            "ratio": ratio,
+        });
+        let _ = writeln!(lines, "{line}");
+    }
+    match &args.json {
+        Some(path) => {
+            fs::write(path, lines)?;
+            println!("\nJSON lines written to {}", path.display());
+        }
+        None => {
+            println!();
+            for line in lines.lines() {
+                println!("json {line}");
+            }
+        }
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two clients.
+
+#[derive(Clone)]
+enum Client {
+    Ours(Redlock),
+    Floor(Floor),
+}
+
+/// A lock held by either client.
+enum Held {
+    Ours(Lock),
+    Floor(FloorLock),
+}
+
+impl Client {
+    fn name(&self) -> &'static str {
+        match self {
+            Client::Ours(_) => "ours",
+            Client::Floor(_) => "floor",
+        }
+    }
+
+    /// One lock + release of `resource`. False when either step failed.
+    async fn cycle(&self, resource: &str) -> bool {
+        match self {
+            Client::Ours(redlock) => match redlock.lock(resource).await {
+                Ok(lock) => lock.release().await.is_ok(),
+                Err(_) => false,
+            },
+            Client::Floor(floor) => floor.cycle(resource, TTL).await,
+        }
+    }
+
+    /// Waits for `resource` until `end`, retrying every 5-10 ms. `Ok(None)` at the end.
+    async fn acquire_until(&self, resource: &str, end: Instant) -> Result<Option<Held>, ()> {
+        match self {
+            Client::Ours(redlock) => tokio::select! {
+                biased;
+                lock = redlock.lock(resource) => lock.map(|l| Some(Held::Ours(l))).map_err(|_| ()),
+                () = tokio::time::sleep_until(end.into()) => Ok(None),
+            },
+            Client::Floor(floor) => Ok(floor.poll_until(resource, TTL, end).await.map(Held::Floor)),
+        }
+    }
+
+    async fn release(&self, held: Held) -> bool {
+        match (self, held) {
+            (_, Held::Ours(lock)) => lock.release().await.is_ok(),
+            (Client::Floor(floor), Held::Floor(lock)) => floor.release(&lock).await == 0,
+            (Client::Ours(_), Held::Floor(_)) => false,
+        }
+    }
+}
+
+/// The floor: a bare redis-rs client, one multiplexed connection per node, sending only the
+/// commands a Redlock must send. An acquisition is `SET key token NX PX ttl` on every node at
+/// once, a release is a compare-and-delete script by EVALSHA on every node whose SET may have
+/// applied. It waits for every node's reply (as a plain client would) and does nothing else: no
+/// validity bookkeeping, no per-node ordering, no cleanup on cancellation.
+#[derive(Clone)]
+struct Floor {
+    conns: Arc<[MultiplexedConnection]>,
+    quorum: usize,
+    release_sha: Arc<str>,
+    extend_sha: Arc<str>,
+}
+
+/// What one node answered to the floor's SET.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Ok,
+    Held,
+    Failed,
+}
+
+struct FloorLock {
+    key: String,
+    token: String,
+    votes: Vec<Reply>,
+}
+
+const FLOOR_RELEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0"#;
+const FLOOR_EXTEND: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0"#;
+
+impl Floor {
+    async fn connect(urls: &[String]) -> Result<Floor, BoxError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let mut conns = Vec::with_capacity(urls.len());
+        let (mut release_sha, mut extend_sha) = (String::new(), String::new());
+        for url in urls {
+            let client = redis::Client::open(url.as_str())?;
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            release_sha = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(FLOOR_RELEASE)
+                .query_async(&mut conn)
+                .await?;
+            extend_sha = redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(FLOOR_EXTEND)
+                .query_async(&mut conn)
+                .await?;
+            conns.push(conn);
+        }
+        Ok(Floor {
+            quorum: conns.len() / 2 + 1,
+            conns: conns.into(),
+            release_sha: release_sha.into(),
+            extend_sha: extend_sha.into(),
+        })
+    }
+
+    async fn set_all(&self, key: &str, token: &str, ttl: Duration) -> Vec<Reply> {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        join_all(self.conns.iter().map(|conn| {
+            let mut conn = conn.clone();
+            async move {
+                match redis::cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<Option<String>>(&mut conn)
+                    .await
+                {
+                    Ok(Some(_)) => Reply::Ok,
+                    Ok(None) => Reply::Held,
+                    Err(_) => Reply::Failed,
+                }
+            }
+        }))
+        .await
+    }
+
+    /// Compare-and-delete on every node whose SET may have applied; returns the failures.
+    async fn release(&self, lock: &FloorLock) -> usize {
+        let (key, token) = (lock.key.as_str(), lock.token.as_str());
+        let results = join_all(
+            self.conns
+                .iter()
+                .zip(&lock.votes)
+                .filter(|(_, vote)| **vote != Reply::Held)
+                .map(|(conn, _)| {
+                    let mut conn = conn.clone();
+                    async move {
+                        redis::cmd("EVALSHA")
+                            .arg(&*self.release_sha)
+                            .arg(1)
+                            .arg(key)
+                            .arg(token)
+                            .query_async::<i64>(&mut conn)
+                            .await
+                    }
+                }),
+        )
+        .await;
+        results.iter().filter(|r| r.is_err()).count()
+    }
+
+    /// One attempt: `Ok` with a quorum, otherwise what it must release.
+    async fn try_lock(&self, resource: &str, ttl: Duration) -> Result<FloorLock, FloorLock> {
+        let key = format!("{PREFIX}{resource}");
+        let token = format!("{:032x}", rand::random::<u128>());
+        let votes = self.set_all(&key, &token, ttl).await;
+        let ok = votes.iter().filter(|v| **v == Reply::Ok).count();
+        let lock = FloorLock { key, token, votes };
+        if ok >= self.quorum {
+            Ok(lock)
+        } else {
+            Err(lock)
+        }
+    }
+
+    async fn cycle(&self, resource: &str, ttl: Duration) -> bool {
+        match self.try_lock(resource, ttl).await {
+            Ok(lock) => self.release(&lock).await == 0,
+            Err(lock) => {
+                self.release(&lock).await;
+                false
+            }
+        }
+    }
+
+    /// The "everyone polls" baseline: try, undo a partial lock, sleep 5-10 ms, try again.
+    async fn poll_until(&self, resource: &str, ttl: Duration, end: Instant) -> Option<FloorLock> {
+        for _ in 0..MAX_CYCLES {
+            if Instant::now() >= end {
+                return None;
+            }
+            match self.try_lock(resource, ttl).await {
+                Ok(lock) => return Some(lock),
+                Err(partial) => {
+                    self.release(&partial).await;
+                }
+            }
+            let jitter = rand::random_range(0..=POLL_DELAY.as_micros() as u64);
+            let pause = POLL_DELAY + Duration::from_micros(jitter);
+            tokio::time::sleep_until((Instant::now() + pause).min(end).into()).await;
+        }
+        None
+    }
+
+    /// Compare-and-expire on every node; returns how many extended.
+    async fn extend(&self, lock: &FloorLock, ttl: Duration) -> usize {
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let (key, token) = (lock.key.as_str(), lock.token.as_str());
+        let results = join_all(self.conns.iter().map(|conn| {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("EVALSHA")
+                    .arg(&*self.extend_sha)
+                    .arg(1)
+                    .arg(key)
+                    .arg(token)
+                    .arg(ttl_ms)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            }
+        }))
+        .await;
+        results.iter().filter(|r| matches!(r, Ok(1))).count()
+    }
+
+    async fn server_version(&self) -> Option<String> {
+        let mut conn = self.conns.first()?.clone();
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .map(|v| v.trim().to_owned())
+    }
+
+    /// Keys left on the nodes: all of them (DBSIZE) on nodes we started, the bench's own on
+    /// nodes from REDLOCK_NODES.
+    async fn leftovers(&self, own_nodes: bool) -> Result<usize, BoxError> {
+        let mut total = 0;
+        for conn in self.conns.iter() {
+            let mut conn = conn.clone();
+            total += if own_nodes {
+                redis::cmd("DBSIZE").query_async::<usize>(&mut conn).await?
+            } else {
+                redis::cmd("KEYS")
+                    .arg(BENCH_PATTERN)
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await?
+                    .len()
+            };
+        }
+        Ok(total)
+    }
+
+    /// Polls the leftover count every 20 ms until it is zero or `bound` passed, then deletes
+    /// whatever bench keys remain so that the next row starts clean. Returns the count.
+    async fn settle(&self, own_nodes: bool, bound: Duration) -> Result<usize, BoxError> {
+        let end = Instant::now() + bound;
+        let mut left = self.leftovers(own_nodes).await?;
+        while left > 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            left = self.leftovers(own_nodes).await?;
+        }
+        if left > 0 {
+            for conn in self.conns.iter() {
+                let mut conn = conn.clone();
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(BENCH_PATTERN)
+                    .query_async(&mut conn)
+                    .await?;
+                if let Some(sample) = keys.first() {
+                    eprintln!("  {} leftover keys on a node, e.g. {sample}", keys.len());
+                }
+                for chunk in keys.chunks(1000) {
+                    redis::cmd("DEL")
+                        .arg(chunk)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                }
+            }
+        }
+        Ok(left)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows.
+
+#[derive(Clone, Copy)]
+enum Row {
+    Throughput {
+        id: &'static str,
+        tasks: usize,
+    },
+    /// `CONTENDERS` tasks spread over `clients` clients.
+    Contended {
+        id: &'static str,
+        clients: usize,
+    },
+    Hold,
+}
+
+impl Row {
+    fn id(&self) -> &'static str {
+        match self {
+            Row::Throughput { id, .. } => id,
+            Row::Contended { id, .. } => id,
+            Row::Hold => "D",
+        }
+    }
+
+    fn tasks(&self, args: &Args) -> usize {
+        match *self {
+            Row::Throughput { tasks, .. } => tasks,
+            Row::Contended { .. } => CONTENDERS,
+            Row::Hold => args.hold_locks,
+        }
+    }
+}
+
+type Metrics = BTreeMap<&'static str, f64>;
+
+/// Measured window of a row: work before `warm_end` is not counted, nothing starts after `end`.
+#[derive(Clone, Copy)]
+struct Window {
+    warm_end: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn new(args: &Args) -> Window {
+        let warm_end = Instant::now() + args.warmup;
+        Window {
+            warm_end,
+            end: warm_end + args.secs,
+        }
+    }
+}
+
+/// Rows A and B: `tasks` tasks, each locking and releasing a fresh key per cycle.
+async fn throughput(client: &Client, row: &'static str, tasks: usize, args: &Args) -> Metrics {
+    let window = Window::new(args);
+    let name = client.name();
+    let mut set = JoinSet::new();
+    for task in 0..tasks {
+        let client = client.clone();
+        set.spawn(async move {
+            let mut samples = Vec::with_capacity(4096);
+            let mut errors = 0u64;
+            let mut key = String::with_capacity(64);
+            for i in 0..MAX_CYCLES {
+                let start = Instant::now();
+                if start >= window.end {
+                    break;
+                }
+                key.clear();
+                let _ = write!(key, "bench:{row}:{name}:{task}:{i}");
+                let ok = client.cycle(&key).await;
+                if start >= window.warm_end {
+                    if ok {
+                        samples.push(micros(start.elapsed()));
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (samples, errors)
+        });
+    }
+    let cpu = cpu_between(window).await;
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    while let Some(joined) = set.join_next().await {
+        if let Ok((s, e)) = joined {
+            samples.extend(s);
+            errors += e;
+        } else {
+            errors += 1;
+        }
+    }
+    samples.sort_unstable();
+    let cycles = samples.len() as f64;
+    Metrics::from([
+        ("cycles_per_sec", cycles / args.secs.as_secs_f64()),
+        ("p50_ms", percentile_ms(&samples, 0.50)),
+        ("p99_ms", percentile_ms(&samples, 0.99)),
+        (
+            "cpu_us_per_cycle",
+            cpu.map_or(f64::NAN, |c| c.as_secs_f64() * 1e6 / cycles),
+        ),
+        ("errors", errors as f64),
+    ])
+}
+
+/// Row C: `CONTENDERS` tasks, spread over `clients`, contend for one key; each takes it, checks
+/// that nobody else is inside, yields once (so an overlapping holder would get to run), leaves
+/// and releases, then asks again.
+async fn contended(clients: &[Client], args: &Args) -> Metrics {
+    let window = Window::new(args);
+    let resource = format!("bench:C{}:{}", clients.len(), clients[0].name());
+    // Holders inside the critical section right now: never above 1 unless mutual exclusion broke.
+    let in_cs = Arc::new(AtomicUsize::new(0));
+    let max_in_cs = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for task in 0..CONTENDERS {
+        let (client, resource) = (clients[task % clients.len()].clone(), resource.clone());
+        let (in_cs, max_in_cs, overlaps) = (in_cs.clone(), max_in_cs.clone(), overlaps.clone());
+        set.spawn(async move {
+            let mut waits = Vec::with_capacity(1024);
+            let mut errors = 0u64;
+            for _ in 0..MAX_CYCLES {
+                let start = Instant::now();
+                if start >= window.end {
+                    break;
+                }
+                let held = match client.acquire_until(&resource, window.end).await {
+                    Ok(Some(held)) => held,
+                    Ok(None) => break,
+                    Err(()) => {
+                        errors += 1;
+                        continue;
+                    }
+                };
+                let acquired = Instant::now();
+                let inside = in_cs.fetch_add(1, Ordering::SeqCst) + 1;
+                max_in_cs.fetch_max(inside, Ordering::SeqCst);
+                if inside > 1 {
+                    overlaps.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::task::yield_now().await;
+                in_cs.fetch_sub(1, Ordering::SeqCst);
+                let released = client.release(held).await;
+                if start >= window.warm_end {
+                    waits.push(micros(acquired - start));
+                    if !released {
+                        errors += 1;
+                    }
+                }
+            }
+            (waits, errors)
+        });
+    }
+    let cpu = cpu_between(window).await;
+    let mut waits = Vec::new();
+    let mut per_task = Vec::new();
+    let mut errors = 0;
+    while let Some(joined) = set.join_next().await {
+        if let Ok((w, e)) = joined {
+            per_task.push(w.len() as f64);
+            waits.extend(w);
+            errors += e;
+        } else {
+            errors += 1;
+        }
+    }
+    waits.sort_unstable();
+    let sections = waits.len() as f64;
+    let min = per_task.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = per_task.iter().copied().fold(0.0, f64::max);
+    Metrics::from([
+        ("sections_per_sec", sections / args.secs.as_secs_f64()),
+        ("wait_p50_ms", percentile_ms(&waits, 0.50)),
+        ("wait_p99_ms", percentile_ms(&waits, 0.99)),
+        ("per_task_min", min),
+        ("per_task_max", max),
+        (
+            "fairness_max_over_min",
+            if min > 0.0 { max / min } else { f64::NAN },
+        ),
+        ("max_in_cs", max_in_cs.load(Ordering::SeqCst) as f64),
+        ("overlaps", overlaps.load(Ordering::SeqCst) as f64),
+        (
+            "cpu_us_per_section",
+            cpu.map_or(f64::NAN, |c| c.as_secs_f64() * 1e6 / sections),
+        ),
+        ("errors", errors as f64),
+    ])
+}
+
+/// Row D in a child process: this binary again, with `--hold-here`, on the same nodes.
+async fn hold_in_child(client: &str, args: &Args, urls: &[String]) -> Result<Metrics, BoxError> {
+    const KEYS: [&str; 8] = [
+        "locks",
+        "acquire_secs",
+        "release_secs",
+        "rss_growth_mib",
+        "cpu_pct_of_core",
+        "min_remaining_ms",
+        "lost",
+        "errors",
+    ];
+    let exe = std::env::current_exe()?;
+    let json = std::env::temp_dir().join(format!(
+        "redlock-bench-{}-{client}.jsonl",
+        std::process::id()
+    ));
+    let mut command = std::process::Command::new(exe);
+    command
+        .args([
+            "--rows",
+            "D",
+            "--rounds",
+            "1",
+            "--hold-here",
+            "--clients",
+            client,
+        ])
+        .args(["--hold-locks", &args.hold_locks.to_string()])
+        .args(["--hold-secs", &args.hold_secs.as_secs_f64().to_string()])
+        .args(["--hold-ttl-ms", &args.hold_ttl.as_millis().to_string()])
+        .arg("--json")
+        .arg(&json)
+        .env("REDLOCK_NODES", urls.join(","))
+        .stdout(std::process::Stdio::null());
+    if let Some(timeout) = args.node_timeout {
+        command.args(["--node-timeout-ms", &timeout.as_millis().to_string()]);
+    }
+    let status = tokio::task::spawn_blocking(move || command.status()).await??;
+    if !status.success() {
+        let _ = fs::remove_file(&json);
+        return Err(format!("row D child for {client} failed: {status}").into());
+    }
+    let line = fs::read_to_string(&json)?;
+    let _ = fs::remove_file(&json);
+    let row: serde_json::Value = serde_json::from_str(line.trim())?;
+    Ok(KEYS
+        .iter()
+        .map(|k| (*k, row[client][*k].as_f64().unwrap_or(f64::NAN)))
+        .collect())
+}
+
+/// Row D: `hold_locks` locks taken, kept alive for `hold_secs` with a short ttl, then released.
+/// Measures RSS growth (before taking them, against the end of the hold), the CPU time of the
+/// whole process during the hold, and whether any lock was lost.
+async fn hold(client: &Client, args: &Args) -> Result<Metrics, BoxError> {
+    let rss_before = rss_kib();
+    let name = client.name();
+    let acquire_start = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let held: Arc<Mutex<Vec<Held>>> = Arc::new(Mutex::new(Vec::with_capacity(args.hold_locks)));
+    let mut set = JoinSet::new();
+    for _ in 0..HOLD_WORKERS.min(args.hold_locks) {
+        let (client, next, errors, held) =
+            (client.clone(), next.clone(), errors.clone(), held.clone());
+        let (count, ttl) = (args.hold_locks, args.hold_ttl);
+        set.spawn(async move {
+            let mut mine = Vec::new();
+            let mut resource = String::with_capacity(48);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                resource.clear();
+                let _ = write!(resource, "bench:D:{name}:{i}");
+                let lock = match &client {
+                    Client::Ours(redlock) => redlock.lock(&resource).await.ok().map(|lock| {
+                        lock.auto_extend(AutoExtend::new());
+                        Held::Ours(lock)
+                    }),
+                    Client::Floor(floor) => match floor.try_lock(&resource, ttl).await {
+                        Ok(lock) => Some(Held::Floor(lock)),
+                        Err(partial) => {
+                            floor.release(&partial).await;
+                            None
+                        }
+                    },
+                };
+                match lock {
+                    Some(lock) => mine.push(lock),
+                    None => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            held.lock().await.extend(mine);
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let acquire_secs = acquire_start.elapsed().as_secs_f64();
+    let mut held = std::mem::take(&mut *held.lock().await);
+    let hold_start = Instant::now();
+    let hold_end = hold_start + args.hold_secs;
+
+    // The floor keeps its locks alive the way a bare client would: one task per lock extending
+    // it on every node every ttl/3. It counts a lock lost when an extension misses the quorum.
+    let floor_lost = Arc::new(AtomicU64::new(0));
+    let mut renewers = JoinSet::new();
+    if let Client::Floor(floor) = client {
+        let every = args.hold_ttl / 3;
+        for lock in held.drain(..) {
+            let Held::Floor(lock) = lock else { continue };
+            let (floor, lost, ttl) = (floor.clone(), floor_lost.clone(), args.hold_ttl);
+            renewers.spawn(async move {
+                let mut next = Instant::now() + every;
+                while next < hold_end {
+                    tokio::time::sleep_until(next.into()).await;
+                    if floor.extend(&lock, ttl).await < floor.quorum {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    next += every;
+                }
+                lock
+            });
+        }
+    }
+
+    let cpu_start = cpu_time();
+    // Watch our locks while they are held: the smallest validity left ever seen tells whether
+    // renewals kept up. A scan of 10,000 deadlines costs well under a millisecond.
+    let mut min_remaining = f64::INFINITY;
+    for _ in 0..=(args.hold_secs.as_millis() / 500) {
+        let now = Instant::now();
+        if now >= hold_end {
+            break;
+        }
+        for lock in &held {
+            if let Held::Ours(lock) = lock {
+                min_remaining = min_remaining.min(lock.remaining().as_secs_f64() * 1e3);
+            }
+        }
+        tokio::time::sleep_until((now + Duration::from_millis(500)).min(hold_end).into()).await;
+    }
+    let cpu_end = cpu_time();
+    let wall = hold_start.elapsed();
+    let rss_after = rss_kib();
+
+    while let Some(joined) = renewers.join_next().await {
+        if let Ok(lock) = joined {
+            held.push(Held::Floor(lock));
+        }
+    }
+    let invalid = held
+        .iter()
+        .filter(|h| matches!(h, Held::Ours(lock) if !lock.is_valid()))
+        .count();
+    let lost_fired = held
+        .iter()
+        .filter(|h| matches!(h, Held::Ours(lock) if lock.lost().now_or_never().is_some()))
+        .count();
+    let lost = match client {
+        Client::Ours(_) => invalid.max(lost_fired) as f64,
+        Client::Floor(_) => floor_lost.load(Ordering::Relaxed) as f64,
+    };
+    let locks = held.len() as f64;
+
+    let release_start = Instant::now();
+    let queue = Arc::new(Mutex::new(held));
+    let mut set = JoinSet::new();
+    for _ in 0..HOLD_WORKERS {
+        let (client, queue, errors) = (client.clone(), queue.clone(), errors.clone());
+        set.spawn(async move {
+            for _ in 0..MAX_CYCLES {
+                let Some(lock) = queue.lock().await.pop() else {
+                    break;
+                };
+                if !client.release(lock).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let release_secs = release_start.elapsed().as_secs_f64();
+
+    let cpu_pct = match (cpu_start, cpu_end) {
+        (Some(a), Some(b)) => (b.saturating_sub(a)).as_secs_f64() / wall.as_secs_f64() * 100.0,
+        _ => f64::NAN,
+    };
+    let rss_growth = match (rss_before, rss_after) {
+        (Some(a), Some(b)) => (b as f64 - a as f64) / 1024.0,
+        _ => f64::NAN,
+    };
+    Ok(Metrics::from([
+        ("locks", locks),
+        ("acquire_secs", acquire_secs),
+        ("release_secs", release_secs),
+        ("rss_growth_mib", rss_growth),
+        ("cpu_pct_of_core", cpu_pct),
+        (
+            "min_remaining_ms",
+            if min_remaining.is_finite() {
+                min_remaining
+            } else {
+                f64::NAN
+            },
+        ),
+        ("lost", lost),
+        ("errors", errors.load(Ordering::Relaxed) as f64),
+    ]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurement helpers.
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// Nearest-rank percentile of sorted microsecond samples, in milliseconds.
+fn percentile_ms(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    f64::from(sorted[rank - 1]) / 1e3
+}
+
+/// CPU time (user + system) of the whole process between `window.warm_end` and `window.end`.
+async fn cpu_between(window: Window) -> Option<Duration> {
+    tokio::time::sleep_until(window.warm_end.into()).await;
+    let start = cpu_time();
+    tokio::time::sleep_until(window.end.into()).await;
+    Some(cpu_time()?.saturating_sub(start?))
+}
+
+/// utime + stime of this process, from /proc/self/stat (fields 14 and 15).
+fn cpu_time() -> Option<Duration> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may contain spaces; every field after it follows its ')'.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / CLOCK_TICKS_PER_SEC,
+    ))
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the machine skews every number here.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// Resident set size of this process in KiB, from /proc/self/status.
+fn rss_kib() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Medians across rounds, except for counts that must stay at zero, which keep their worst.
+fn aggregate(rounds: &[Metrics]) -> Metrics {
+    const WORST: [&str; 5] = ["errors", "leftover_keys", "overlaps", "max_in_cs", "lost"];
+    let mut out = Metrics::new();
+    let Some(first) = rounds.first() else {
+        return out;
+    };
+    for key in first.keys() {
+        let mut values: Vec<f64> = rounds.iter().filter_map(|m| m.get(key).copied()).collect();
+        let value = if WORST.contains(key) {
+            values.iter().copied().fold(0.0, f64::max)
+        } else {
+            values.retain(|v| !v.is_nan());
+            values.sort_by(f64::total_cmp);
+            match values.len() {
+                0 => f64::NAN,
+                n if n % 2 == 1 => values[n / 2],
+                n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+            }
+        };
+        out.insert(key, value);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting.
+
+struct RowResult {
+    row: Row,
+    ours: Metrics,
+    floor: Metrics,
+}
+
+impl RowResult {
+    /// The clients that ran, with their metrics.
+    fn clients<'a>(&'a self, args: &Args) -> Vec<(&'static str, &'a Metrics)> {
+        [("ours", &self.ours), ("floor", &self.floor)]
+            .into_iter()
+            .filter(|(name, _)| args.clients.contains(name))
+            .collect()
+    }
+
+    /// The headline metric and ours/floor for it (for D, CPU: lower is better).
+    fn ratio(&self) -> (&'static str, f64) {
+        let metric = match self.row {
+            Row::Throughput { .. } => "cycles_per_sec",
+            Row::Contended { .. } => "sections_per_sec",
+            Row::Hold => "cpu_pct_of_core",
+        };
+        let get = |m: &Metrics| m.get(metric).copied().unwrap_or(f64::NAN);
+        (metric, get(&self.ours) / get(&self.floor))
+    }
+}
+
+fn print_tables(results: &[RowResult], args: &Args) {
+    let get = |m: &Metrics, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    let throughput: Vec<_> = results
+        .iter()
+        .filter(|r| matches!(r.row, Row::Throughput { .. }))
+        .collect();
+    if !throughput.is_empty() {
+        println!("\n## A, B: lock + release of a fresh key per cycle\n");
+        println!(
+            "| row | tasks | client | cycles/s | p50 ms | p99 ms | CPU µs/cycle | errors | leftover keys | ours/floor |"
+        );
+        println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|");
+        for r in throughput {
+            for (name, m) in r.clients(args) {
+                println!(
+                    "| {} | {} | {name} | {:.0} | {:.3} | {:.3} | {:.1} | {} | {} | {} |",
+                    r.row.id(),
+                    r.row.tasks(args),
+                    get(m, "cycles_per_sec"),
+                    get(m, "p50_ms"),
+                    get(m, "p99_ms"),
+                    get(m, "cpu_us_per_cycle"),
+                    get(m, "errors"),
+                    get(m, "leftover_keys"),
+                    if name == "ours" {
+                        format!("**{:.2}×**", r.ratio().1)
+                    } else {
+                        String::new()
+                    },
+                );
+            }
+        }
+    }
+    let contended: Vec<_> = results
+        .iter()
+        .filter(|r| matches!(r.row, Row::Contended { .. }))
+        .collect();
+    if !contended.is_empty() {
+        println!(
+            "\n## C: {CONTENDERS} tasks contend for one key (retry pause 5-10 ms, ~0 work inside)\n"
+        );
+        println!(
+            "| row | clients | client | sections/s | wait p50 ms | wait p99 ms | per task min / max | max/min | max holders at once | overlaps | errors | leftover keys | ours/floor |"
+        );
+        println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    }
+    for r in contended {
+        let Row::Contended { clients, .. } = r.row else {
+            continue;
+        };
+        for (name, m) in r.clients(args) {
+            println!(
+                "| {} | {clients} | {name} | {:.0} | {:.1} | {:.1} | {} / {} | {:.2} | {} | {} | {} | {} | {} |",
+                r.row.id(),
+                get(m, "sections_per_sec"),
+                get(m, "wait_p50_ms"),
+                get(m, "wait_p99_ms"),
+                get(m, "per_task_min"),
+                get(m, "per_task_max"),
+                get(m, "fairness_max_over_min"),
+                get(m, "max_in_cs"),
+                get(m, "overlaps"),
+                get(m, "errors"),
+                get(m, "leftover_keys"),
+                if name == "ours" {
+                    format!("**{:.2}×**", r.ratio().1)
+                } else {
+                    String::new()
+                },
+            );
+        }
+    }
+    for r in results.iter().filter(|r| matches!(r.row, Row::Hold)) {
+        println!(
+            "\n## D: {} locks held for {} s with ttl {} ms, extended every ttl/3\n",
+            args.hold_locks,
+            args.hold_secs.as_secs_f64(),
+            args.hold_ttl.as_millis()
+        );
+        println!(
+            "| client | locks held | acquire s | RSS growth MiB | CPU % of one core | min validity left ms | lost | errors | release s | leftover keys | CPU ours/floor |"
+        );
+        println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for (name, m) in r.clients(args) {
+            println!(
+                "| {name} | {} | {:.2} | {:.1} | {:.1} | {:.0} | {} | {} | {:.2} | {} | {} |",
+                get(m, "locks"),
+                get(m, "acquire_secs"),
+                get(m, "rss_growth_mib"),
+                get(m, "cpu_pct_of_core"),
+                get(m, "min_remaining_ms"),
+                get(m, "lost"),
+                get(m, "errors"),
+                get(m, "release_secs"),
+                get(m, "leftover_keys"),
+                if name == "ours" {
+                    format!("**{:.2}×**", r.ratio().1)
+                } else {
+                    String::new()
+                },
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line.
+
+struct Args {
+    rows: Vec<String>,
+    secs: Duration,
+    warmup: Duration,
+    rounds: usize,
+    hold_locks: usize,
+    hold_secs: Duration,
+    hold_ttl: Duration,
+    node_timeout: Option<Duration>,
+    hold_here: bool,
+    clients: Vec<&'static str>,
+    json: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: bench [--rows A,B,C,D] [--secs N] [--warmup N] [--rounds R] \
+[--hold-locks N] [--hold-secs N] [--hold-ttl-ms N] [--node-timeout-ms N] [--clients ours,floor] [--hold-here] [--json PATH]";
+
+impl Args {
+    /// `None` when only the usage was asked for.
+    fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+        let mut args = Args {
+            rows: ["A", "B", "C", "D"].map(str::to_owned).to_vec(),
+            secs: Duration::from_secs(3),
+            warmup: Duration::from_millis(500),
+            rounds: 1,
+            hold_locks: 10_000,
+            hold_secs: Duration::from_secs(30),
+            hold_ttl: Duration::from_secs(3),
+            node_timeout: None,
+            hold_here: false,
+            clients: vec!["ours", "floor"],
+            json: None,
+        };
+        let secs = |v: &str, max: f64| -> Result<Duration, String> {
+            match v.parse::<f64>() {
+                Ok(s) if s > 0.0 && s <= max => Ok(Duration::from_secs_f64(s)),
+                _ => Err(format!(
+                    "expected seconds in (0, {max}], got {v:?}\n{USAGE}"
+                )),
+            }
+        };
+        let count = |v: &str, max: usize| -> Result<usize, String> {
+            match v.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "expected a count in [1, {max}], got {v:?}\n{USAGE}"
+                )),
+            }
+        };
+        while let Some(flag) = argv.next() {
+            if flag == "--hold-here" {
+                args.hold_here = true;
+                continue;
+            }
+            if flag == "-h" || flag == "--help" {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            let value = argv
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+            match flag.as_str() {
+                "--rows" => {
+                    args.rows = value
+                        .split(',')
+                        .map(|r| r.trim().to_ascii_uppercase())
+                        .filter(|r| !r.is_empty())
+                        .collect();
+                    if args.rows.is_empty()
+                        || args
+                            .rows
+                            .iter()
+                            .any(|r| !["A", "B", "C", "D"].contains(&r.as_str()))
+                    {
+                        return Err(format!("--rows takes a list of A, B, C, D\n{USAGE}"));
+                    }
+                }
+                "--secs" => args.secs = secs(&value, 600.0)?,
+                "--warmup" => args.warmup = secs(&value, 60.0)?,
+                "--rounds" => args.rounds = count(&value, 100)?,
+                "--hold-locks" => args.hold_locks = count(&value, 1_000_000)?,
+                "--hold-secs" => args.hold_secs = secs(&value, 3600.0)?,
+                "--node-timeout-ms" => {
+                    args.node_timeout = Some(Duration::from_millis(count(&value, 60_000)? as u64));
+                }
+                "--hold-ttl-ms" => {
+                    args.hold_ttl = Duration::from_millis(count(&value, 86_400_000)? as u64);
+                }
+                "--clients" => {
+                    args.clients = Vec::new();
+                    for client in value.split(',').map(str::trim) {
+                        match client {
+                            "ours" => args.clients.push("ours"),
+                            "floor" => args.clients.push("floor"),
+                            _ => {
+                                return Err(format!(
+                                    "--clients takes ours, floor or both\n{USAGE}"
+                                ));
+                            }
+                        }
+                    }
+                }
+                "--json" => args.json = Some(PathBuf::from(value)),
+                _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+            }
+        }
+        Ok(Some(args))
+    }
+}
