@@ -10,7 +10,8 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
-use tokio::sync::mpsc;
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{Instrument, debug_span};
 
 use crate::{
@@ -51,9 +52,9 @@ pub(crate) enum Holds {
 /// Per-node state of one attempt (and, once granted, of the lock it became).
 pub(crate) struct Votes {
     pub(crate) slots: Vec<Slot>,
-    /// Replies from the per-node SET tasks, in arrival order. Dropped once every node answered,
-    /// so a held lock keeps no channel buffer.
-    rx: Option<mpsc::Receiver<(usize, Vote, Option<Link>)>>,
+    /// The per-node SET tasks still running, yielding their replies in arrival order. Dropping
+    /// a handle detaches its task, which still finishes its SET.
+    replies: FuturesUnordered<JoinHandle<Reply>>,
     pending: usize,
     /// Nodes that answered that someone else holds the key.
     busy: usize,
@@ -63,9 +64,11 @@ pub(crate) struct Votes {
     pub(crate) failures: Vec<NodeError>,
 }
 
+/// What a SET task reports: which node, what it said, and the connection it used.
+type Reply = (usize, Vote, Option<Link>);
+
 /// The parameters of SETs not sent yet.
 struct Rest {
-    tx: mpsc::Sender<(usize, Vote, Option<Link>)>,
     keys: Keys,
     value: Arc<str>,
     ttl: Duration,
@@ -121,14 +124,12 @@ impl Votes {
         fenced: bool,
     ) -> Votes {
         let n = shared.nodes.len();
-        let (tx, rx) = mpsc::channel(n);
         Votes {
             slots: (0..n).map(|_| Slot::Unsent).collect(),
-            rx: Some(rx),
+            replies: FuturesUnordered::new(),
             pending: 0,
             busy: 0,
             rest: Some(Rest {
-                tx,
                 keys: keys.clone(),
                 value: value.clone(),
                 ttl,
@@ -145,31 +146,24 @@ impl Votes {
                 self.spawn(shared, index);
             }
         }
-        // Every SET task holds its own sender: the channel closes when the last one is done.
         self.rest = None;
     }
 
     fn spawn(&mut self, shared: &Arc<Shared>, index: usize) {
         let Some(rest) = &self.rest else { return };
-        let (shared, keys, value, tx) = (
-            shared.clone(),
-            rest.keys.clone(),
-            rest.value.clone(),
-            rest.tx.clone(),
-        );
+        let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
         let (ttl, fenced) = (rest.ttl, rest.fenced);
         let span = debug_span!("redlock.set", node = %shared.nodes[index].addr());
-        tokio::spawn(
+        let task = tokio::spawn(
             async move {
                 let (vote, link) = shared.nodes[index]
                     .set_nx_px(&keys, &value, ttl, fenced)
                     .await;
-                // The receiver may be gone (the lock was released without waiting); then
-                // nobody needs the answer.
-                let _ = tx.send((index, vote, link)).await;
+                (index, vote, link)
             }
             .instrument(span),
         );
+        self.replies.push(task);
         self.slots[index] = Slot::Pending;
         self.pending += 1;
     }
@@ -188,10 +182,9 @@ impl Votes {
     /// Records every reply that has already arrived, without waiting.
     pub(crate) fn drain(&mut self, shared: &Shared) {
         while self.pending > 0 {
-            let Some(rx) = self.rx.as_mut() else { return };
-            match rx.try_recv() {
-                Ok((index, vote, link)) => self.record(shared, index, vote, link),
-                Err(_) => return,
+            match self.replies.next().now_or_never() {
+                Some(Some(reply)) => self.receive(shared, reply),
+                _ => return,
             }
         }
     }
@@ -201,12 +194,29 @@ impl Votes {
         if self.pending == 0 {
             return false;
         }
-        let received = match self.rx.as_mut() {
-            Some(rx) => rx.recv().await,
-            None => None,
-        };
-        let Some((index, vote, link)) = received else {
-            // A SET task died without answering (it panicked): treat its node as doubtful.
+        match self.replies.next().await {
+            Some(reply) => {
+                self.receive(shared, reply);
+                true
+            }
+            None => {
+                // Unreachable while `pending > 0`: every pending node has a task.
+                self.pending = 0;
+                false
+            }
+        }
+    }
+
+    fn receive(&mut self, shared: &Shared, reply: Result<Reply, JoinError>) {
+        match reply {
+            Ok((index, vote, link)) => self.record(shared, index, vote, link),
+            // A SET task died without answering (it panicked, or its runtime shut down): we
+            // cannot tell which node it was for; see below.
+            Err(_) => self.pending -= 1,
+        }
+        if self.replies.is_empty() {
+            // Every task has reported or died: a node still pending had a task that died, and
+            // is doubtful; it will be released.
             for slot in &mut self.slots {
                 if matches!(slot, Slot::Pending) {
                     *slot = Slot::Settled {
@@ -217,17 +227,11 @@ impl Votes {
                 }
             }
             self.pending = 0;
-            return false;
-        };
-        self.record(shared, index, vote, link);
-        true
+        }
     }
 
     fn record(&mut self, shared: &Shared, index: usize, vote: Vote, link: Option<Link>) {
         self.pending -= 1;
-        if self.pending == 0 && self.rest.is_none() {
-            self.rx = None;
-        }
         let mut fence = None;
         let holds = match vote {
             Vote::Acquired(counter) => {
