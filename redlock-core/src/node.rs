@@ -135,11 +135,11 @@ impl Node {
         let info = url.into_connection_info().map_err(invalid)?;
         let addr = info.addr().to_string();
         let client = Client::open(info).map_err(invalid)?;
-        // A reply later than node_timeout is useless to the algorithm; the response timeout is a
-        // backstop for the tokio timeout around every call.
+        // Every command is already bounded by the node timeout (`Node::run`), so the connection's
+        // own response timer (a second timer per command) is turned off.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout * 2));
+            .set_response_timeout(None);
         let pool = bb8::Pool::builder()
             .max_size(pool_size)
             .min_idle(None)
