@@ -1,9 +1,10 @@
 //! The per-node state of one acquisition attempt, from the parallel SETs to the last release.
 //!
-//! Each node's `SET NX PX` runs in a task of its own and reports on a channel. The attempt
-//! decides as soon as the outcome is known; nodes still pending at that point are *stragglers*.
-//! Their replies are still awaited before anything else is sent for them, and a doubtful SET is
-//! released on the very connection it went out on, so a release never overtakes the SET it undoes
+//! Each node's `SET NX PX` runs in a task of its own and reports through its join handle. The
+//! attempt decides as soon as the outcome is known; nodes still pending at that point are
+//! *stragglers*. Their replies are still collected before anything else is sent for them, and a
+//! doubtful SET is released on the very connection it went out on, so a release never overtakes
+//! the SET it undoes
 //! (DESIGN.md §3.2 rule 7: otherwise a paused node would run the release first, then the SET, and
 //! keep an orphan key for a whole ttl).
 
