@@ -75,10 +75,25 @@ async fn every_key_completes_once_across_a_fleet_with_duplicates_and_redeliverie
     env.queue.query(&rpush).unwrap();
 
     let pushed = (UNIQUE + DUPLICATE_PUSHES) as i64;
+    // The re-delivered ids are already in the done set, so its size alone does not tell when
+    // they have been handled: also wait until every delivery has ended as a run or a skip.
+    let ended = || {
+        tracker.read(|r| {
+            r.outcomes
+                .values()
+                .flatten()
+                .filter(|o| matches!(o, Outcome::Ran | Outcome::Skipped))
+                .count()
+        })
+    };
     eventually(
         "every delivery acknowledged",
         Duration::from_secs(40),
-        || env.count("SCARD", &done) == pushed && env.queue_is_idle(&config),
+        || {
+            env.count("SCARD", &done) == pushed
+                && env.queue_is_idle(&config)
+                && ended() == UNIQUE + DUPLICATE_PUSHES + REDELIVERIES
+        },
     )
     .await;
     let elapsed = started.elapsed();
