@@ -7,7 +7,7 @@ use futures_util::stream;
 use redlock_tower::{KeyFromPath, RequestLockLayer};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::{lock_keys, nodes, redlock, serve};
+use crate::{lock_keys, nodes, redlock, serve, wait_for_no_lock_keys};
 
 /// A streamed body fed by the test through a channel.
 fn chunks() -> (mpsc::UnboundedSender<String>, Body) {
@@ -68,7 +68,10 @@ async fn lock_is_held_until_the_body_ends() {
     tx.send("last".into()).unwrap();
     drop(tx);
     assert_eq!(streaming.text().await.unwrap(), "first last");
-    assert_eq!(lock_keys(&cluster), Vec::<String>::new());
+    // Released on a quorum before the body ended; a node whose SET answered late is released
+    // right behind it in the background.
+    assert!(lock_keys(&cluster).len() < 2, "no quorum still held");
+    wait_for_no_lock_keys(&cluster).await;
     let third = client.post(&url).send().await.unwrap();
     assert_eq!(third.status(), StatusCode::OK);
 }
@@ -94,7 +97,9 @@ async fn by_default_the_lock_is_released_before_the_head() {
         .await
         .unwrap();
     assert_eq!(streaming.status(), StatusCode::OK);
-    assert_eq!(lock_keys(&cluster), Vec::<String>::new());
+    // Released on a quorum before the head was sent (a straggling node right behind it).
+    assert!(lock_keys(&cluster).len() < 2, "no quorum still held");
+    wait_for_no_lock_keys(&cluster).await;
     tx.send("done".into()).unwrap();
     drop(tx);
     assert_eq!(streaming.text().await.unwrap(), "done");
