@@ -182,6 +182,8 @@ struct Shared {
     closed: AtomicBool,
     /// Connections accepted so far.
     accepted: AtomicU64,
+    /// Bytes received while in blackhole mode, in total.
+    blackholed: AtomicU64,
     /// Seed state of the jitter generator (splitmix64).
     rng: Mutex<u64>,
 }
@@ -254,6 +256,7 @@ impl Proxy {
             conns: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
+            blackholed: AtomicU64::new(0),
             rng: Mutex::new(seed),
         });
         let acceptor = {
@@ -322,6 +325,12 @@ impl Proxy {
     /// Number of connections accepted since the proxy started (refused ones included).
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Bytes this proxy has received and held in [`ProxyMode::Blackhole`], in total: a test can
+    /// wait for it to grow to know a command reached the proxy and was held there.
+    pub fn blackholed_bytes(&self) -> u64 {
+        self.shared.blackholed.load(Ordering::Relaxed)
     }
 
     fn close_all(&self, reset: bool) {
@@ -575,7 +584,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, flow: Flow, shared: &Shared, con
             };
             let now = Instant::now();
             let due = match shared.mode() {
-                ProxyMode::Blackhole => None,
+                ProxyMode::Blackhole => {
+                    shared
+                        .blackholed
+                        .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    None
+                }
                 ProxyMode::Delay {
                     base,
                     jitter,
@@ -706,10 +720,13 @@ mod tests {
         });
         // The command waits inside the proxy until the blackhole heals.
         let deadline = Instant::now() + Duration::from_secs(2);
-        while proxy.connections() == 0 && Instant::now() < deadline {
+        while proxy.blackholed_bytes() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the command never reached the proxy"
+            );
             thread::sleep(Duration::from_millis(5));
         }
-        thread::sleep(Duration::from_millis(50));
         assert_eq!(cluster[0].get("held").unwrap(), None);
         proxy.heal();
         assert_eq!(writer.join().unwrap().unwrap(), Reply::Simple("OK".into()));
