@@ -10,7 +10,7 @@ use std::{
 
 use redlock_core::{Error, LockOptions, Retry};
 
-use crate::support::{cluster, eventually, redlock, redlock_with, stall_all};
+use crate::support::{Overlap, cluster, eventually, redlock, redlock_with, stall_all};
 
 /// Rule 1 and 4: the deadline is `T1 + ttl − drift` with T1 taken before the first send, so time
 /// spent waiting for replies is subtracted from the validity. All nodes are stalled for 300 ms
@@ -225,8 +225,7 @@ async fn lock_retries_until_the_holder_releases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_never_overlap() {
     let nodes = cluster(3);
-    let inside = Arc::new(AtomicUsize::new(0));
-    let max_inside = Arc::new(AtomicUsize::new(0));
+    let overlap = Overlap::default();
     let done = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -237,14 +236,11 @@ async fn concurrent_clients_never_overlap() {
                 Duration::from_millis(5),
             ))
         });
-        let (inside, max_inside, done) = (inside.clone(), max_inside.clone(), done.clone());
+        let (overlap, done) = (overlap.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..5 {
                 let lock = redlock.lock("shared").await.unwrap();
-                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                max_inside.fetch_max(now, Ordering::SeqCst);
-                tokio::task::yield_now().await;
-                inside.fetch_sub(1, Ordering::SeqCst);
+                overlap.critical_section().await;
                 lock.release().await.unwrap();
                 done.fetch_add(1, Ordering::SeqCst);
             }
@@ -254,7 +250,7 @@ async fn concurrent_clients_never_overlap() {
         task.await.unwrap();
     }
     assert_eq!(done.load(Ordering::SeqCst), 40);
-    assert_eq!(max_inside.load(Ordering::SeqCst), 1);
+    assert_eq!(overlap.max(), 1);
 }
 
 /// Per-call ttl: `lock_with` writes the requested expiry.
@@ -294,18 +290,14 @@ async fn local_waiters_queue_fairly_and_never_overlap() {
     let redlock = redlock_with(&nodes, |b| {
         b.retry(Retry::new(3, Duration::from_millis(200), Duration::ZERO))
     });
-    let inside = Arc::new(AtomicUsize::new(0));
-    let max_inside = Arc::new(AtomicUsize::new(0));
+    let overlap = Overlap::default();
     let mut tasks = Vec::new();
     for _ in 0..16 {
-        let (redlock, inside, max_inside) = (redlock.clone(), inside.clone(), max_inside.clone());
+        let (redlock, overlap) = (redlock.clone(), overlap.clone());
         tasks.push(tokio::spawn(async move {
             for _ in 0..5 {
                 let lock = redlock.lock("queue").await.expect("served in turn");
-                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                max_inside.fetch_max(now, Ordering::SeqCst);
-                tokio::task::yield_now().await;
-                inside.fetch_sub(1, Ordering::SeqCst);
+                overlap.critical_section().await;
                 lock.release().await.unwrap();
             }
         }));
@@ -313,7 +305,7 @@ async fn local_waiters_queue_fairly_and_never_overlap() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(max_inside.load(Ordering::SeqCst), 1);
+    assert_eq!(overlap.max(), 1);
 }
 
 /// `try_lock` sees a local holder without asking the nodes.
@@ -415,8 +407,7 @@ async fn wait_is_bounded_by_time_and_reports_the_last_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_processes_contending_make_progress_without_split_votes() {
     let nodes = cluster(3);
-    let inside = Arc::new(AtomicUsize::new(0));
-    let max_inside = Arc::new(AtomicUsize::new(0));
+    let overlap = Overlap::default();
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let redlock = redlock_with(&nodes, |b| {
@@ -426,17 +417,14 @@ async fn many_processes_contending_make_progress_without_split_votes() {
                 Duration::from_millis(5),
             ))
         });
-        let (inside, max_inside) = (inside.clone(), max_inside.clone());
+        let overlap = overlap.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..5 {
                 let lock = redlock
                     .lock_with("herd", LockOptions::new().wait(Duration::from_secs(20)))
                     .await
                     .expect("progress under contention");
-                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                max_inside.fetch_max(now, Ordering::SeqCst);
-                tokio::task::yield_now().await;
-                inside.fetch_sub(1, Ordering::SeqCst);
+                overlap.critical_section().await;
                 lock.release().await.unwrap();
             }
         }));
@@ -444,7 +432,7 @@ async fn many_processes_contending_make_progress_without_split_votes() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(max_inside.load(Ordering::SeqCst), 1);
+    assert_eq!(overlap.max(), 1);
     assert!(
         eventually(Duration::from_secs(2), || crate::support::key_count(&nodes)
             == 0)

@@ -82,3 +82,27 @@ pub(crate) fn stall_all(cluster: &Cluster, secs: f64) -> Vec<std::thread::JoinHa
     }
     handles
 }
+
+/// Counts holders inside a critical section and remembers the most seen at once: a lock that
+/// works keeps the maximum at 1.
+#[derive(Clone, Default)]
+pub(crate) struct Overlap {
+    inside: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Overlap {
+    /// Enters, yields once so another holder could interleave, and leaves.
+    pub(crate) async fn critical_section(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.inside.fetch_add(1, SeqCst) + 1;
+        self.max.fetch_max(now, SeqCst);
+        tokio::task::yield_now().await;
+        self.inside.fetch_sub(1, SeqCst);
+    }
+
+    /// The most holders seen inside at once.
+    pub(crate) fn max(&self) -> usize {
+        self.max.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
