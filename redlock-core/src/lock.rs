@@ -95,8 +95,9 @@ pub struct Release {
     pub released: usize,
     /// Nodes that answered but no longer held our token (it expired, or was never set there).
     pub absent: usize,
-    /// Nodes whose SET had not answered yet: each is released in the background right behind
-    /// its SET, on the same connection.
+    /// Nodes whose SET had not answered yet, and whose release (sent right behind that SET, on
+    /// the same connection) had not answered either when the other nodes had: each finishes in
+    /// the background.
     pub pending: usize,
     /// The quorum of the lock.
     pub quorum: usize,
@@ -291,11 +292,12 @@ impl Lock {
         };
         // The votes stay in place until the release is done: if this future is dropped mid-way,
         // dropping the Lock hands what is left to a background task. A node whose SET has not
-        // answered yet (a straggler of a vote decided at quorum) is not waited for: a background
-        // task releases it right behind that SET, on the same connection, so this call costs one
-        // round trip to the nodes that answered.
+        // answered yet (a straggler of a vote decided at quorum) is released in the same round,
+        // right behind that SET on the same connection; if that release has not answered when
+        // the other nodes have, it finishes in the background, so this call costs one round
+        // trip to the nodes that answered.
         let tally = votes
-            .release_settled(&state.shared, &state.keys, &state.value, true)
+            .release_settled(&state.shared, &state.keys, &state.value, true, false)
             .await;
         let pending = votes.pending();
         if let Some(rest) = guard.take() {

@@ -15,8 +15,8 @@ use std::{
 use bb8_redis::{
     RedisConnectionManager, bb8,
     redis::{
-        self, AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError,
-        aio::MultiplexedConnection,
+        self, AsyncConnectionConfig, Client, Cmd, ErrorKind, IntoConnectionInfo, RedisError,
+        ServerErrorKind, aio::MultiplexedConnection,
     },
 };
 use tracing::{debug, instrument};
@@ -194,14 +194,20 @@ impl Node {
         }
     }
 
+    /// The cached connection, while it is healthy.
+    pub(crate) fn cached_link(&self) -> Option<Link> {
+        let cached = self.cached.lock().ok()?;
+        cached
+            .as_ref()
+            .filter(|link| !link.broken.load(Ordering::Relaxed))
+            .cloned()
+    }
+
     /// A connection to send on: the cached one while it is healthy, else a fresh checkout
     /// (skipping a pooled connection that died since it was last used).
     pub(crate) async fn link(&self) -> Result<Link, NodeErrorKind> {
-        if let Ok(cached) = self.cached.lock()
-            && let Some(link) = cached.as_ref()
-            && !link.broken.load(Ordering::Relaxed)
-        {
-            return Ok(link.clone());
+        if let Some(link) = self.cached_link() {
+            return Ok(link);
         }
         let link = self.checkout().await?;
         if matches!(self.pool, Pool::Managed(_))
@@ -263,16 +269,22 @@ impl Node {
         }
     }
 
-    /// `SET key token NX PX ttl`, checkout included in the node timeout. Returns the link used,
-    /// so a later release of a doubtful SET travels the same ordered connection.
+    /// `SET key token NX PX ttl` on `link`, or on a connection checked out within the node
+    /// timeout. Returns the link used, so a later release of a doubtful SET travels the same
+    /// ordered connection.
     pub(crate) async fn set_nx_px(
         &self,
+        link: Option<Link>,
         keys: &[String],
         token: &str,
         ttl: Duration,
         fenced: bool,
     ) -> (Vote, Option<Link>) {
-        let link = match self.link().await {
+        let link = match link {
+            Some(link) => Ok(link),
+            None => self.link().await,
+        };
+        let link = match link {
             Ok(link) => link,
             Err(error) => {
                 debug!(node = %self.addr, %error, "no connection");
@@ -315,17 +327,17 @@ impl Node {
                 Err(error) => Vote::Failed { error, sent: true },
             }
         } else {
+            // Sized up front: growing the command's buffers argument by argument costs more
+            // allocations than the rest of the SET.
+            let mut set = Cmd::with_capacity(6, 64 + keys[0].len() + token.len());
+            set.arg("SET")
+                .arg(&keys[0])
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms);
             let reply = self
-                .run(
-                    &link,
-                    redis::cmd("SET")
-                        .arg(&keys[0])
-                        .arg(token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .query_async::<Option<String>>(&mut conn),
-                )
+                .run(&link, set.query_async::<Option<String>>(&mut conn))
                 .await;
             match reply {
                 Ok(Some(_)) => Vote::Acquired(None),
@@ -349,24 +361,16 @@ impl Node {
         announce: bool,
     ) -> Result<bool, NodeErrorKind> {
         let flag = if announce { "1" } else { "0" };
+        let args = |cmd: &mut Cmd| {
+            cmd.arg(keys.len()).arg(keys).arg(token).arg(flag);
+        };
         let n: i64 = match link {
             Some(link) if !link.broken.load(Ordering::Relaxed) => {
-                let mut conn = link.conn.clone();
-                let mut eval = redis::cmd("EVAL");
-                eval.arg(scripts::RELEASE_LUA)
-                    .arg(keys.len())
-                    .arg(keys)
-                    .arg(token)
-                    .arg(flag);
-                self.run(link, eval.query_async(&mut conn)).await?
+                self.eval(link, &scripts::RELEASE, false, args).await?
             }
             _ => {
-                self.script(
-                    &scripts::RELEASE,
-                    keys,
-                    &[token.to_owned(), flag.to_owned()],
-                )
-                .await?
+                let link = self.link().await?;
+                self.eval(&link, &scripts::RELEASE, true, args).await?
             }
         };
         Ok(n > 0)
@@ -380,12 +384,14 @@ impl Node {
         token: &str,
         ttl: Duration,
     ) -> Result<bool, NodeErrorKind> {
+        let link = self.link().await?;
         let n: i64 = self
-            .script(
-                &scripts::EXTEND,
-                keys,
-                &[token.to_owned(), ttl_millis(ttl).to_string()],
-            )
+            .eval(&link, &scripts::EXTEND, true, |cmd| {
+                cmd.arg(keys.len())
+                    .arg(keys)
+                    .arg(token)
+                    .arg(ttl_millis(ttl));
+            })
             .await?;
         Ok(n == 1)
     }
@@ -399,16 +405,14 @@ impl Node {
         ttl: Duration,
     ) -> Result<Vec<bool>, NodeErrorKind> {
         let link = self.link().await?;
-        let mut invocation = scripts::EXTEND_BATCH.prepare_invoke();
-        for key in keys {
-            invocation.key(*key);
-        }
-        invocation.arg(ttl_millis(ttl));
-        for token in tokens {
-            invocation.arg(*token);
-        }
-        let mut conn = link.conn.clone();
-        let flags: Vec<i64> = self.run(&link, invocation.invoke_async(&mut conn)).await?;
+        let flags: Vec<i64> = self
+            .eval(&link, &scripts::EXTEND_BATCH, true, |cmd| {
+                cmd.arg(keys.len())
+                    .arg(keys)
+                    .arg(ttl_millis(ttl))
+                    .arg(tokens);
+            })
+            .await?;
         if flags.len() != keys.len() {
             return Err(NodeErrorKind::Protocol(format!(
                 "{} flags for {} keys",
@@ -419,23 +423,40 @@ impl Node {
         Ok(flags.into_iter().map(|f| f == 1).collect())
     }
 
-    async fn script(
+    /// Runs `script` with the keys and arguments `args` appends (`numkeys` first). By `EVALSHA`
+    /// when `by_hash`, falling back to `EVAL` on NOSCRIPT (a restarted or flushed node); by `EVAL`
+    /// otherwise, for a call whose reply may never be read (see [`scripts::RELEASE_LUA`]).
+    async fn eval<T: redis::FromRedisValue>(
         &self,
-        script: &redis::Script,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<i64, NodeErrorKind> {
-        let link = self.link().await?;
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(key);
-        }
-        for arg in args {
-            invocation.arg(arg);
-        }
+        link: &Link,
+        script: &scripts::Lua,
+        by_hash: bool,
+        args: impl Fn(&mut Cmd),
+    ) -> Result<T, NodeErrorKind> {
+        let command = |by_hash: bool| {
+            let (verb, code) = if by_hash {
+                ("EVALSHA", script.hash.as_str())
+            } else {
+                ("EVAL", script.body)
+            };
+            let mut cmd = Cmd::with_capacity(8, 96 + code.len());
+            cmd.arg(verb).arg(code);
+            args(&mut cmd);
+            cmd
+        };
         let mut conn = link.conn.clone();
-        self.run(&link, invocation.invoke_async::<i64>(&mut conn))
-            .await
+        let result = self
+            .run(link, command(by_hash).query_async(&mut conn))
+            .await;
+        match result {
+            Err(NodeErrorKind::Redis(e))
+                if by_hash && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
+            {
+                debug!(node = %self.addr, "script not cached on the node: sending its body");
+                self.run(link, command(false).query_async(&mut conn)).await
+            }
+            other => other,
+        }
     }
 
     /// Phase 2 of fencing: raise the fence counter to `t` while the lock key holds our token.

@@ -535,7 +535,7 @@ impl Redlock {
                 // SET.
                 if let Some(votes) = guard.votes.as_mut() {
                     votes
-                        .release_settled(&self.shared, keys, &value, false)
+                        .release_settled(&self.shared, keys, &value, false, false)
                         .await;
                 }
                 debug!(%error, "denied");

@@ -1,32 +1,45 @@
 //! The per-node state of one acquisition attempt, from the parallel SETs to the last release.
 //!
-//! Each node's `SET NX PX` runs in a task of its own and reports through its join handle. The
-//! attempt decides as soon as the outcome is known; nodes still pending at that point are
-//! *stragglers*. Their replies are still collected before anything else is sent for them, and a
-//! doubtful SET is released on the very connection it went out on, so a release never overtakes
-//! the SET it undoes
+//! Each node's `SET NX PX` is a future held in the node's slot and driven in place by whoever
+//! holds the votes. The attempt decides as soon as the outcome is known; nodes still pending at
+//! that point are *stragglers*. A straggler, or a doubtful SET, is released on the very
+//! connection its SET went out on, queued behind it, so a release never overtakes the SET it
+//! undoes
 //! (DESIGN.md §3.2 rule 7: otherwise a paused node would run the release first, then the SET, and
 //! keep an orphan key for a whole ttl).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    future::{Future, poll_fn},
+    pin::Pin,
+    sync::Arc,
+    task::Poll,
+    time::Duration,
+};
 
-use futures_util::future::join_all;
-use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
-use tokio::task::{JoinError, JoinHandle};
+use futures_util::FutureExt;
 use tracing::{Instrument, debug_span};
 
 use crate::{
-    error::NodeError,
+    error::{NodeError, NodeErrorKind},
     node::{Keys, Link, Vote},
     redlock::Shared,
 };
+
+/// A node's `SET NX PX`, driven in place by whoever holds the [`Votes`]: the attempt while it
+/// decides, the lock's release, or a background task once nobody waits.
+type SetFuture = Pin<Box<dyn Future<Output = (Vote, Option<Link>)> + Send>>;
+
+/// A node's release in flight, with the connection a doubtful SET went out on (kept in case the
+/// release fails and the node is still owed one).
+type ReleaseFuture =
+    Pin<Box<dyn Future<Output = (Result<bool, NodeErrorKind>, Option<Link>)> + Send>>;
 
 /// What we know about our key on one node.
 pub(crate) enum Slot {
     /// The SET has not been sent (the rest of a sequenced attempt that was refused first).
     Unsent,
     /// The SET has not answered yet.
-    Pending,
+    Pending { set: SetFuture },
     /// The SET answered (or failed).
     Settled {
         /// Whether our token may be on the node.
@@ -35,6 +48,12 @@ pub(crate) enum Slot {
         link: Option<Link>,
         /// With fencing, the node's fence counter read when our SET applied.
         fence: Option<u64>,
+    },
+    /// A compare-and-delete is in flight (for a straggler, after its SET answered).
+    Releasing {
+        release: ReleaseFuture,
+        /// The SET had not answered when the release started.
+        straggler: bool,
     },
 }
 
@@ -51,12 +70,13 @@ pub(crate) enum Holds {
 }
 
 /// Per-node state of one attempt (and, once granted, of the lock it became).
+///
+/// Nothing here runs by itself: the futures in the slots are polled by the task that holds the
+/// votes. That keeps the hot path free of task spawns and cross-thread wake-ups; the one rule
+/// is that votes that still owe work and that nobody will poll go to
+/// [`release_in_background`](Votes::release_in_background).
 pub(crate) struct Votes {
     pub(crate) slots: Vec<Slot>,
-    /// The per-node SET tasks still running, yielding their replies in arrival order. Dropping
-    /// a handle detaches its task, which still finishes its SET.
-    replies: FuturesUnordered<JoinHandle<Reply>>,
-    pending: usize,
     /// Nodes that answered that someone else holds the key.
     busy: usize,
     /// What the unsent SETs of a sequenced attempt need; dropped once they are sent.
@@ -64,9 +84,6 @@ pub(crate) struct Votes {
     /// Failures seen so far, for the error of a failed attempt.
     pub(crate) failures: Vec<NodeError>,
 }
-
-/// What a SET task reports: which node, what it said, and the connection it used.
-type Reply = (usize, Vote, Option<Link>);
 
 /// The parameters of SETs not sent yet.
 struct Rest {
@@ -84,9 +101,8 @@ pub(crate) struct Tally {
 }
 
 impl Votes {
-    /// Sends `SET key value NX PX ttl` to every node at once, one task each. The tasks are
-    /// detached: if the caller stops waiting, the SETs still finish and report, and the cleanup
-    /// that drains this channel knows exactly which nodes to release.
+    /// Prepares `SET key value NX PX ttl` for every node at once; each goes out when the votes
+    /// are first polled ([`decide`](Votes::decide)).
     pub(crate) fn send(
         shared: &Arc<Shared>,
         keys: &Keys,
@@ -99,7 +115,8 @@ impl Votes {
         votes
     }
 
-    /// Sends the SET to node `first` only; [`send_rest`](Votes::send_rest) sends the others.
+    /// Prepares the SET to node `first` only; [`send_rest`](Votes::send_rest) prepares the
+    /// others.
     ///
     /// Used by waiters woken by a release: if they all sent to every node at once, their SETs
     /// would split the nodes between them and nobody would reach a quorum. Asking one node first
@@ -113,7 +130,7 @@ impl Votes {
         first: usize,
     ) -> Votes {
         let mut votes = Votes::unsent(shared, keys, value, ttl, fenced);
-        votes.spawn(shared, first);
+        votes.start(shared, first);
         votes
     }
 
@@ -127,8 +144,6 @@ impl Votes {
         let n = shared.nodes.len();
         Votes {
             slots: (0..n).map(|_| Slot::Unsent).collect(),
-            replies: FuturesUnordered::new(),
-            pending: 0,
             busy: 0,
             rest: Some(Rest {
                 keys: keys.clone(),
@@ -140,33 +155,53 @@ impl Votes {
         }
     }
 
-    /// Sends the SET to every node it was not sent to yet.
+    /// Prepares the SET to every node it was not prepared for yet.
     pub(crate) fn send_rest(&mut self, shared: &Arc<Shared>) {
         for index in 0..self.slots.len() {
             if matches!(self.slots[index], Slot::Unsent) {
-                self.spawn(shared, index);
+                self.start(shared, index);
             }
         }
         self.rest = None;
     }
 
-    fn spawn(&mut self, shared: &Arc<Shared>, index: usize) {
+    fn start(&mut self, shared: &Arc<Shared>, index: usize) {
         let Some(rest) = &self.rest else { return };
         let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
         let (ttl, fenced) = (rest.ttl, rest.fenced);
+        let link = shared.nodes[index].cached_link();
+        let cached = link.is_some();
         let span = debug_span!("redlock.set", node = %shared.nodes[index].addr());
-        let task = tokio::spawn(
-            async move {
-                let (vote, link) = shared.nodes[index]
-                    .set_nx_px(&keys, &value, ttl, fenced)
-                    .await;
-                (index, vote, link)
-            }
-            .instrument(span),
-        );
-        self.replies.push(task);
-        self.slots[index] = Slot::Pending;
-        self.pending += 1;
+        let set = async move {
+            shared.nodes[index]
+                .set_nx_px(link, &keys, &value, ttl, fenced)
+                .await
+        }
+        .instrument(span);
+        let set: SetFuture = if cached {
+            // Its first poll queues the command on the connection; nothing else is awaited.
+            Box::pin(set)
+        } else {
+            // A connection must be checked out (or dialled) first, which takes polls of its
+            // own: a task makes sure the SET goes out even if the vote is decided without it
+            // and nobody polls this slot until the release. Only the first use of a node, or
+            // the first after its connection broke, takes this path.
+            let task = tokio::spawn(set);
+            Box::pin(async move {
+                task.await.unwrap_or_else(|_| {
+                    // The task died (a panic, or its runtime shut down): whether the SET went
+                    // out is unknown, so the node counts as doubtful.
+                    (
+                        Vote::Failed {
+                            error: NodeErrorKind::Protocol("SET task ended early".to_owned()),
+                            sent: true,
+                        },
+                        None,
+                    )
+                })
+            })
+        };
+        self.slots[index] = Slot::Pending { set };
     }
 
     /// Waits for the answers sent so far; true if a node said the key is held by someone else.
@@ -175,64 +210,62 @@ impl Votes {
         self.busy > 0
     }
 
-    /// Nodes whose SET has not answered yet.
+    /// Nodes whose SET (or the release behind it) has not answered yet.
     pub(crate) fn pending(&self) -> usize {
-        self.pending
+        self.slots
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    Slot::Pending { .. }
+                        | Slot::Releasing {
+                            straggler: true,
+                            ..
+                        }
+                )
+            })
+            .count()
+    }
+
+    fn unanswered(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Pending { .. }))
+            .count()
     }
 
     /// Records every reply that has already arrived, without waiting.
     pub(crate) fn drain(&mut self, shared: &Shared) {
-        while self.pending > 0 {
-            match self.replies.next().now_or_never() {
-                Some(Some(reply)) => self.receive(shared, reply),
+        while self.unanswered() > 0 {
+            match self.next(shared).now_or_never() {
+                Some(true) => {}
                 _ => return,
             }
         }
     }
 
-    /// Waits for the next reply; `false` when none is pending.
+    /// Waits for the next SET reply; `false` when none is pending.
     async fn next(&mut self, shared: &Shared) -> bool {
-        if self.pending == 0 {
+        if self.unanswered() == 0 {
             return false;
         }
-        match self.replies.next().await {
-            Some(reply) => {
-                self.receive(shared, reply);
-                true
-            }
-            None => {
-                // Unreachable while `pending > 0`: every pending node has a task.
-                self.pending = 0;
-                false
-            }
-        }
-    }
-
-    fn receive(&mut self, shared: &Shared, reply: Result<Reply, JoinError>) {
-        match reply {
-            Ok((index, vote, link)) => self.record(shared, index, vote, link),
-            // A SET task died without answering (it panicked, or its runtime shut down): we
-            // cannot tell which node it was for; see below.
-            Err(_) => self.pending -= 1,
-        }
-        if self.replies.is_empty() {
-            // Every task has reported or died: a node still pending had a task that died, and
-            // is doubtful; it will be released.
-            for slot in &mut self.slots {
-                if matches!(slot, Slot::Pending) {
-                    *slot = Slot::Settled {
-                        holds: Holds::Maybe,
-                        link: None,
-                        fence: None,
-                    };
+        let slots = &mut self.slots;
+        let (index, vote, link) = poll_fn(|cx| {
+            for (index, slot) in slots.iter_mut().enumerate() {
+                if let Slot::Pending { set, .. } = slot
+                    && let Poll::Ready((vote, link)) = set.as_mut().poll(cx)
+                {
+                    return Poll::Ready((index, vote, link));
                 }
             }
-            self.pending = 0;
-        }
+            Poll::Pending
+        })
+        .await;
+        self.record(shared, index, vote, link);
+        true
     }
 
     fn record(&mut self, shared: &Shared, index: usize, vote: Vote, link: Option<Link>) {
-        self.pending -= 1;
         let mut fence = None;
         let holds = match vote {
             Vote::Acquired(counter) => {
@@ -263,7 +296,7 @@ impl Votes {
         let quorum = shared.settings.quorum;
         loop {
             let acquired = self.count(Holds::Yes);
-            if let Some(granted) = crate::timing::decide(acquired, self.pending, quorum) {
+            if let Some(granted) = crate::timing::decide(acquired, self.unanswered(), quorum) {
                 return (
                     granted,
                     Tally {
@@ -285,71 +318,53 @@ impl Votes {
         }
     }
 
-    /// Waits for every straggler. Bounded: each SET task gives up after its node timeout.
+    /// Waits for every SET sent so far. Bounded: each gives up after its node timeout.
     pub(crate) async fn settle(&mut self, shared: &Shared) {
         while self.next(shared).await {}
     }
 
-    /// Compare-and-delete on every node where our token is or may be, after settling stragglers.
-    pub(crate) async fn release(
-        &mut self,
-        shared: &Shared,
-        keys: &[String],
-        value: &str,
-        announce: bool,
-    ) -> ReleaseTally {
-        self.settle(shared).await;
-        self.release_settled(shared, keys, value, announce).await
-    }
-
-    /// Compare-and-delete on every settled node where our token is or may be; stragglers are
-    /// left alone (and still pending). A doubtful node is released through the connection its
-    /// SET used, behind that SET. Released nodes are marked, so a later call skips them.
+    /// Compare-and-delete on every node where our token is or may be, in parallel: nodes that
+    /// answered their SET, and stragglers (whose release goes out as soon as their SET answered,
+    /// on the same connection). Returns once every answered node has
+    /// answered the release; unless `wait_stragglers`, a straggler's release still in flight
+    /// then stays in its slot ([`pending`](Votes::pending)) for
+    /// [`release_in_background`](Votes::release_in_background). A node is marked released only
+    /// once it answered: if this future is dropped mid-way, the releases in flight stay in their
+    /// slots and are still owed.
     pub(crate) async fn release_settled(
         &mut self,
-        shared: &Shared,
-        keys: &[String],
-        value: &str,
+        shared: &Arc<Shared>,
+        keys: &Keys,
+        value: &Arc<str>,
         announce: bool,
+        wait_stragglers: bool,
     ) -> ReleaseTally {
         // Replies that arrived since the decision are as good as settled.
         self.drain(shared);
-        // A node is marked released only once it answered: if this future is dropped mid-way,
-        // the nodes not yet confirmed are still owed a release (by the caller's drop guard).
-        let calls = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| match slot {
-                Slot::Settled {
-                    holds: holds @ (Holds::Yes | Holds::Maybe),
-                    link,
-                    ..
-                } => {
-                    // An answered SET leaves nothing in flight, so any connection will do; a
-                    // doubtful one must be followed on its own connection.
-                    let link = if *holds == Holds::Maybe {
-                        link.clone()
-                    } else {
-                        None
-                    };
-                    let node = &shared.nodes[index];
-                    Some(async move {
-                        (
-                            index,
-                            node.release(link.as_ref(), keys, value, announce).await,
-                        )
-                    })
-                }
-                Slot::Settled {
-                    holds: Holds::No, ..
-                }
-                | Slot::Pending
-                | Slot::Unsent => None,
-            });
-        let results = join_all(calls).await;
+        for index in 0..self.slots.len() {
+            self.start_release(shared, index, keys, value, announce);
+        }
         let mut tally = ReleaseTally::default();
-        for (index, result) in results {
+        loop {
+            let waiting = self.slots.iter().any(|s| match s {
+                Slot::Releasing { straggler, .. } => wait_stragglers || !*straggler,
+                _ => false,
+            });
+            if !waiting {
+                break;
+            }
+            let slots = &mut self.slots;
+            let (index, result, link) = poll_fn(|cx| {
+                for (index, slot) in slots.iter_mut().enumerate() {
+                    if let Slot::Releasing { release, .. } = slot
+                        && let Poll::Ready((result, link)) = release.as_mut().poll(cx)
+                    {
+                        return Poll::Ready((index, result, link));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
             match result {
                 Ok(released) => {
                     if released {
@@ -357,17 +372,96 @@ impl Votes {
                     } else {
                         tally.absent += 1;
                     }
-                    if let Slot::Settled { holds, link, .. } = &mut self.slots[index] {
-                        *holds = Holds::No;
-                        *link = None;
-                    }
+                    self.slots[index] = Slot::Settled {
+                        holds: Holds::No,
+                        link: None,
+                        fence: None,
+                    };
                 }
                 // No answer: the release may or may not have run; the node stays owed one, and
                 // compare-and-delete is harmless to repeat.
-                Err(kind) => tally.failures.push(shared.nodes[index].error(kind)),
+                Err(kind) => {
+                    tally.failures.push(shared.nodes[index].error(kind));
+                    self.slots[index] = Slot::Settled {
+                        holds: Holds::Maybe,
+                        link,
+                        fence: None,
+                    };
+                }
             }
         }
         tally
+    }
+
+    /// Turns slot `index` into a release in flight if our token is or may be on that node.
+    fn start_release(
+        &mut self,
+        shared: &Arc<Shared>,
+        index: usize,
+        keys: &Keys,
+        value: &Arc<str>,
+        announce: bool,
+    ) {
+        let slot = std::mem::replace(&mut self.slots[index], Slot::Unsent);
+        let (shared, keys, value) = (shared.clone(), keys.clone(), value.clone());
+        let span = debug_span!("redlock.release", node = %shared.nodes[index].addr());
+        self.slots[index] = match slot {
+            Slot::Settled {
+                holds: holds @ (Holds::Yes | Holds::Maybe),
+                link,
+                ..
+            } => {
+                // An answered SET leaves nothing in flight, so any connection will do; a
+                // doubtful one must be followed on its own connection.
+                let link = if holds == Holds::Maybe { link } else { None };
+                Slot::Releasing {
+                    release: Box::pin(
+                        async move {
+                            let node = &shared.nodes[index];
+                            let result = node.release(link.as_ref(), &keys, &value, announce).await;
+                            (result, link)
+                        }
+                        .instrument(span),
+                    ),
+                    straggler: false,
+                }
+            }
+            Slot::Pending { set } => Slot::Releasing {
+                // The release waits for the SET's reply (or its timeout), then goes out on the
+                // same connection: it can never reach the node before the SET does
+                // (DESIGN.md §3.2 rule 7). Queueing it concurrently, right behind the unanswered
+                // SET, was measured to let it overtake the SET now and then.
+                release: Box::pin(
+                    async move {
+                        let node = &shared.nodes[index];
+                        let (vote, link) = set.await;
+                        let result = match vote {
+                            Vote::Busy | Vote::Failed { sent: false, .. } => Ok(false),
+                            Vote::Acquired(_) => node.release(None, &keys, &value, announce).await,
+                            Vote::Failed { sent: true, .. } => {
+                                node.release(link.as_ref(), &keys, &value, announce).await
+                            }
+                        };
+                        (result, link)
+                    }
+                    .instrument(span),
+                ),
+                straggler: true,
+            },
+            other => other,
+        };
+    }
+
+    /// Compare-and-delete everywhere our token is or may be, stragglers included.
+    pub(crate) async fn release(
+        &mut self,
+        shared: &Arc<Shared>,
+        keys: &Keys,
+        value: &Arc<str>,
+        announce: bool,
+    ) -> ReleaseTally {
+        self.release_settled(shared, keys, value, announce, true)
+            .await
     }
 
     /// Nodes that granted, with their fence counters (fenced attempts only).
@@ -386,23 +480,23 @@ impl Votes {
             .collect()
     }
 
-    /// True when nothing is pending and no node may hold our token.
+    /// True when no node may hold our token and nothing is in flight.
     fn is_clean(&self) -> bool {
-        self.pending == 0
-            && self.slots.iter().all(|s| {
-                matches!(
-                    s,
-                    Slot::Unsent
-                        | Slot::Settled {
-                            holds: Holds::No,
-                            ..
-                        }
-                )
-            })
+        self.slots.iter().all(|s| {
+            matches!(
+                s,
+                Slot::Unsent
+                    | Slot::Settled {
+                        holds: Holds::No,
+                        ..
+                    }
+            )
+        })
     }
 
-    /// Hands the stragglers and the doubtful nodes to a background task (used when the caller
-    /// will not wait, or is gone). Needs a tokio runtime; without one the keys expire by ttl.
+    /// Hands the stragglers, the releases in flight and the doubtful nodes to a background task
+    /// (used when the caller will not wait, or is gone). Needs a tokio runtime; without one the
+    /// keys expire by ttl.
     pub(crate) fn release_in_background(
         mut self,
         shared: Arc<Shared>,

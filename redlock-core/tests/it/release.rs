@@ -87,6 +87,13 @@ async fn release_and_extend_survive_a_node_restart() {
     let nodes = cluster(3);
     let redlock = redlock(&nodes);
     let lock = redlock.lock("restart").await.unwrap();
+    // The lock was decided at quorum: let the third SET land before node 0 goes away.
+    assert!(
+        eventually(Duration::from_secs(2), || values(&nodes, "redlock:restart")
+            .iter()
+            .all(Option::is_some))
+        .await
+    );
     nodes[0].restart().unwrap();
     lock.extend().await.expect("a quorum still holds our token");
     let release = lock.release().await.unwrap();
