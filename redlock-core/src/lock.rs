@@ -369,6 +369,18 @@ impl LockState {
         *self.deadline.borrow()
     }
 
+    /// Waits for the SETs still unanswered when the lock was granted (bounded by the node
+    /// timeout). Their futures live in the votes until someone polls them; a long-held lock
+    /// would otherwise keep them, and their buffers, until its first extension or release.
+    pub(crate) async fn settle_stragglers(&self) {
+        let mut votes = self.votes.lock().await;
+        if let Some(votes) = votes.as_mut()
+            && votes.pending() > 0
+        {
+            votes.settle(&self.shared).await;
+        }
+    }
+
     pub(crate) fn is_released(&self) -> bool {
         self.released.load(Ordering::Acquire)
     }

@@ -49,11 +49,13 @@ impl Renewer {
     /// Extends `state` by `ttl`, in a batch when it can (single-key locks on a running tokio
     /// runtime), directly otherwise.
     pub(crate) async fn extend(&self, state: Arc<LockState>, ttl: Duration) -> Result<Instant> {
+        // The direct path is boxed: every auto-extended lock's watchdog task embeds this future,
+        // and the direct extension's state is large and rarely needed.
         if state.single_key().is_none() {
-            return state.extend_by(ttl).await;
+            return Box::pin(state.extend_by(ttl)).await;
         }
         let Some(tx) = self.sender() else {
-            return state.extend_by(ttl).await;
+            return Box::pin(state.extend_by(ttl)).await;
         };
         let (reply, rx) = oneshot::channel();
         let request = Request {
@@ -62,12 +64,12 @@ impl Renewer {
             reply,
         };
         if tx.send(request).is_err() {
-            return state.extend_by(ttl).await;
+            return Box::pin(state.extend_by(ttl)).await;
         }
         match rx.await {
             Ok(result) => result,
             // The renewer's runtime is gone: do it here.
-            Err(_) => state.extend_by(ttl).await,
+            Err(_) => Box::pin(state.extend_by(ttl)).await,
         }
     }
 

@@ -66,6 +66,7 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
         .unwrap_or(ttl / 3)
         .max(Duration::from_millis(1));
     let mut next = aligned(started, every);
+    state.settle_stragglers().await;
     loop {
         let stopped = state.stopped().notified();
         if state.is_released() {
