@@ -113,6 +113,29 @@ impl fmt::Debug for Node {
     }
 }
 
+/// How a queued waiter asks the sequencer node.
+#[derive(Clone, Debug)]
+pub(crate) struct Fair {
+    /// This client's waiter id.
+    pub(crate) waiter: Arc<str>,
+    /// Join the queue if refused (false for `try_lock`).
+    pub(crate) join: bool,
+    /// How long our place is kept without a renewal.
+    pub(crate) lease: Duration,
+}
+
+/// Whom a release wakes on a node ([`RELEASE`](scripts::RELEASE)'s mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Nobody: a node that is not the key's sequencer (waiters listen on the sequencer only).
+    Nobody,
+    /// The waiter at the head of the wait queue: the cleanup of a failed attempt, whose own
+    /// waiter may be listening to every release.
+    Head,
+    /// The head of the wait queue and every listener to `<key>:released`: a held lock's release.
+    Everyone,
+}
+
 /// What one node said to `SET key token NX PX ttl`.
 #[derive(Debug)]
 pub(crate) enum Vote {
@@ -120,6 +143,9 @@ pub(crate) enum Vote {
     Acquired(Option<u64>),
     /// Someone else holds the key here; our SET did not apply.
     Busy,
+    /// Not our turn: the key is held, or waiters are ahead of us in its wait queue (our place,
+    /// 1-based). Our SET did not apply.
+    Queued(u32),
     /// No usable answer. `sent` tells whether the SET may have reached the node (and so may
     /// still apply later: a SET that timed out against a paused node runs when it resumes).
     Failed { error: NodeErrorKind, sent: bool },
@@ -349,20 +375,91 @@ impl Node {
         (vote, Some(link))
     }
 
+    /// A queued waiter's `SET NX PX` on the key's sequencer node
+    /// ([`FAIR_ACQUIRE`](scripts::FAIR_ACQUIRE)): granted only in turn. With `fair.join`, a
+    /// waiter that is refused takes (or keeps) its place in the queue for `fair.lease`.
+    pub(crate) async fn set_fair(
+        &self,
+        link: Option<Link>,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+        fair: &Fair,
+    ) -> (Vote, Option<Link>) {
+        let link = match link {
+            Some(link) => Ok(link),
+            None => self.link().await,
+        };
+        let link = match link {
+            Ok(link) => link,
+            Err(error) => {
+                debug!(node = %self.addr, %error, "no connection");
+                return (Vote::Failed { error, sent: false }, None);
+            }
+        };
+        let [queue, leases] = scripts::wait_queue(key);
+        let reply: Result<i64, _> = self
+            .eval(&link, &scripts::FAIR_ACQUIRE, true, |cmd| {
+                cmd.arg(3)
+                    .arg(key)
+                    .arg(&queue)
+                    .arg(&leases)
+                    .arg(token)
+                    .arg(ttl_millis(ttl))
+                    .arg(&*fair.waiter)
+                    .arg(ttl_millis(fair.lease))
+                    .arg(if fair.join { "1" } else { "0" });
+            })
+            .await;
+        let vote = match reply {
+            Ok(0) => Vote::Acquired(None),
+            Ok(place) if place > 0 => Vote::Queued(u32::try_from(place).unwrap_or(u32::MAX)),
+            Ok(_) => Vote::Busy,
+            Err(error) => Vote::Failed { error, sent: true },
+        };
+        debug!(node = %self.addr, ?vote, "fair set nx px");
+        (vote, Some(link))
+    }
+
+    /// Leaves the wait queue of `key` (a waiter that stopped waiting), waking the next waiter
+    /// if the lock is free.
+    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
+    pub(crate) async fn leave_queue(&self, key: &str, waiter: &str) -> Result<(), NodeErrorKind> {
+        let link = self.link().await?;
+        let [queue, leases] = scripts::wait_queue(key);
+        let _: i64 = self
+            .eval(&link, &scripts::LEAVE_QUEUE, true, |cmd| {
+                cmd.arg(3).arg(key).arg(&queue).arg(&leases).arg(waiter);
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Compare-and-delete. `Ok(true)` when our token was there and is now gone. Goes through
     /// `link` when given (to stay behind a doubtful SET on the same connection); a link whose
     /// connection dropped is replaced by a fresh one, since nothing more can arrive through it.
+    /// `wake` says whom the release wakes here, and `queue` is the key's wait queue when this
+    /// node is its sequencer.
     #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn release(
         &self,
         link: Option<&Link>,
         keys: &[String],
         token: &str,
-        announce: bool,
+        wake: Wake,
+        queue: Option<&str>,
     ) -> Result<bool, NodeErrorKind> {
-        let flag = if announce { "1" } else { "0" };
+        let mode = match wake {
+            Wake::Nobody => "0",
+            Wake::Everyone => "1",
+            Wake::Head => "2",
+        };
         let args = |cmd: &mut Cmd| {
-            cmd.arg(keys.len()).arg(keys).arg(token).arg(flag);
+            cmd.arg(keys.len() + usize::from(queue.is_some())).arg(keys);
+            if let Some(queue) = queue {
+                cmd.arg(queue);
+            }
+            cmd.arg(token).arg(mode).arg(keys.len());
         };
         let n: i64 = match link {
             Some(link) if !link.broken.load(Ordering::Relaxed) => {

@@ -1,11 +1,24 @@
-//! Release notifications: waiters in other processes are woken when a lock is released.
+//! Release notifications and wait queues: waiters in other processes are woken when a lock is
+//! released, one at a time and in the order they asked.
 //!
-//! The release script publishes `<key>:released` on every node where it deleted our key. A task
-//! that found a lock held (the head of its process's queue, see [`local`](crate::local)) subscribes
-//! to that channel on every node and sleeps until a message arrives or its retry pause runs out,
-//! whichever is first. So a released lock is taken over within one round trip, and the pause is
-//! only a fallback bound (for a missed message, a node without pub/sub, a dropped connection).
-//! Nothing is subscribed while there is no contention.
+//! A task that found a lock held (the head of its process's queue, see [`local`](crate::local))
+//! subscribes on the key's *sequencer* node (the same node for every client: [`sequencer`]) and
+//! sleeps until a message arrives or its retry pause runs out, whichever is first. Nothing is
+//! subscribed while there is no contention.
+//!
+//! For a single-resource lock without fencing the waiter also joins the key's **wait queue** on
+//! the sequencer node ([`FAIR_ACQUIRE`](crate::scripts::FAIR_ACQUIRE)): that node then grants
+//! the key only to the waiter at the head of the queue, and the release script wakes exactly that
+//! waiter, on `<key>:released:<waiter>`. Waiters thus take the lock in arrival order, and a
+//! release wakes one process instead of all of them (every woken waiter would otherwise send a
+//! SET that all but one lose). The queue only decides who *asks* first: a lock is still granted
+//! only by a quorum of `SET NX`, so it adds no safety assumption. A waiter keeps its place by
+//! asking again within its lease; one that crashed is dropped from the head once its lease runs
+//! out, and one that gives up leaves at once ([`LEAVE_QUEUE`](crate::scripts::LEAVE_QUEUE)).
+//!
+//! Other waiters (`lock_many`, fenced locks) listen to `<key>:released`, which the release
+//! script publishes on every node where it deleted a key. Either way the retry pause is only a
+//! fallback bound, for a missed message, a node without pub/sub or a dropped connection.
 
 use std::{
     collections::HashMap,
@@ -22,21 +35,48 @@ use futures_util::{StreamExt, future::join_all};
 use tokio::sync::Notify;
 use tracing::debug;
 
-/// The channel a release of `key` is announced on.
+/// The channel a release of `key` is announced on, to every listener.
 pub(crate) fn channel(key: &str) -> String {
     format!("{key}:released")
+}
+
+/// The channel on which `waiter` is told that `key` is free and its turn has come.
+pub(crate) fn turn_channel(key: &str, waiter: &str) -> String {
+    format!("{key}:released:{waiter}")
+}
+
+/// The node a sequenced attempt asks first: the same for every client of `key` that lists the
+/// nodes in the same order (FNV-1a, stable across processes and Rust versions).
+pub(crate) fn sequencer(key: &str, nodes: usize) -> usize {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % nodes.max(1) as u64).unwrap_or(0)
 }
 
 /// How long a channel stays subscribed after its last watcher left.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Channel name → the wake-up of every watch on it (empty while lingering).
-type Watched = Arc<Mutex<HashMap<String, Vec<Arc<Notify>>>>>;
+/// Channel name → its watches (none while lingering).
+type Watched = Arc<Mutex<HashMap<String, Listeners>>>;
+
+/// The watches on one subscribed channel.
+#[derive(Default)]
+struct Listeners {
+    /// The wake-up of every watch on it (empty while lingering).
+    watchers: Vec<Arc<Notify>>,
+    /// Bumped each time the last watch leaves: a linger timer only unsubscribes if no watch came
+    /// and went since it started, so a client that waits for a lock again and again (holding
+    /// it in between) stays subscribed.
+    idle_since: u64,
+}
 
 /// The subscriptions of one `Redlock`: one pub/sub connection per node, opened on first use.
 pub(crate) struct Notifier {
     feeds: Vec<Feed>,
     watched: Watched,
+    /// This client's id in wait queues: random, so that clients never share one.
+    waiter: Arc<str>,
 }
 
 impl fmt::Debug for Notifier {
@@ -61,6 +101,8 @@ pub(crate) struct Watch {
     notifier: Arc<Notifier>,
     channels: Vec<String>,
     notify: Arc<Notify>,
+    /// A channel had to be subscribed for it (none was still listening).
+    fresh: bool,
 }
 
 impl Notifier {
@@ -77,22 +119,41 @@ impl Notifier {
                 })
                 .collect(),
             watched: Arc::default(),
+            waiter: format!("{:016x}", rand::random::<u64>()).into(),
         }
     }
 
-    /// True while this client listens for the release of `key`: it was contended moments ago.
+    /// This client's id in wait queues.
+    pub(crate) fn waiter(&self) -> &Arc<str> {
+        &self.waiter
+    }
+
+    /// True while this client listens for the release of `key`, in turn or to every release:
+    /// it was contended moments ago.
     pub(crate) fn is_watched(&self, key: &str) -> bool {
         self.watched
             .lock()
-            .map(|w| w.contains_key(&channel(key)))
+            .map(|w| {
+                w.contains_key(&turn_channel(key, &self.waiter)) || w.contains_key(&channel(key))
+            })
             .unwrap_or(false)
     }
 
     /// Subscribes to the release of `keys` on node `node` (the sequencer of the key), bounded by
-    /// the node timeout; if it fails, the waiter's retry pause is the fallback.
-    pub(crate) async fn watch(self: &Arc<Self>, keys: &[String], node: usize) -> Watch {
+    /// the node timeout; if it fails, the waiter's retry pause is the fallback. A queued waiter
+    /// (`in_turn`) listens only for its turn; others hear every release.
+    pub(crate) async fn watch(
+        self: &Arc<Self>,
+        keys: &[String],
+        node: usize,
+        in_turn: bool,
+    ) -> Watch {
         let notify = Arc::new(Notify::new());
-        let channels: Vec<String> = keys.iter().map(|k| channel(k)).collect();
+        let channels: Vec<String> = if in_turn {
+            keys.iter().map(|k| turn_channel(k, &self.waiter)).collect()
+        } else {
+            keys.iter().map(|k| channel(k)).collect()
+        };
         let mut fresh = Vec::new();
         if let Ok(mut watched) = self.watched.lock() {
             for ch in &channels {
@@ -100,7 +161,11 @@ impl Notifier {
                 if !watched.contains_key(ch) {
                     fresh.push(ch.clone());
                 }
-                watched.entry(ch.clone()).or_default().push(notify.clone());
+                watched
+                    .entry(ch.clone())
+                    .or_default()
+                    .watchers
+                    .push(notify.clone());
             }
         }
         if !fresh.is_empty() {
@@ -115,6 +180,7 @@ impl Notifier {
             notifier: self.clone(),
             channels,
             notify,
+            fresh: !fresh.is_empty(),
         }
     }
 }
@@ -134,12 +200,12 @@ impl Feed {
                 tokio::spawn(async move {
                     while let Some(msg) = stream.next().await {
                         if let Ok(watched) = watched.lock()
-                            && let Some(watchers) = watched.get(msg.get_channel_name())
+                            && let Some(listeners) = watched.get(msg.get_channel_name())
                         {
                             // One stored permit each: a wake-up that lands before the waiter
                             // sleeps is not lost, and three nodes announcing one release wake
                             // it once.
-                            watchers.iter().for_each(|n| n.notify_one());
+                            listeners.watchers.iter().for_each(|n| n.notify_one());
                         }
                     }
                     flag.store(true, Ordering::Relaxed);
@@ -169,6 +235,12 @@ impl Feed {
 }
 
 impl Watch {
+    /// True when this watch started listening just now: a release announced before it could
+    /// not have been heard.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
     /// Resolves when a release of one of the keys was announced (possibly before this call).
     pub(crate) async fn notified(&self) {
         self.notify.notified().await;
@@ -180,10 +252,11 @@ impl Drop for Watch {
         let mut idle = Vec::new();
         if let Ok(mut watched) = self.notifier.watched.lock() {
             for ch in &self.channels {
-                if let Some(watchers) = watched.get_mut(ch) {
-                    watchers.retain(|n| !Arc::ptr_eq(n, &self.notify));
-                    if watchers.is_empty() {
-                        idle.push(ch.clone());
+                if let Some(listeners) = watched.get_mut(ch) {
+                    listeners.watchers.retain(|n| !Arc::ptr_eq(n, &self.notify));
+                    if listeners.watchers.is_empty() {
+                        listeners.idle_since += 1;
+                        idle.push((ch.clone(), listeners.idle_since));
                     }
                 }
             }
@@ -200,13 +273,16 @@ impl Drop for Watch {
                 let gone: Vec<String> = match notifier.watched.lock() {
                     Ok(mut watched) => idle
                         .into_iter()
-                        .filter(|ch| {
-                            let unused = watched.get(ch).is_some_and(Vec::is_empty);
+                        .filter(|(ch, since)| {
+                            let unused = watched
+                                .get(ch)
+                                .is_some_and(|l| l.watchers.is_empty() && l.idle_since == *since);
                             if unused {
                                 watched.remove(ch);
                             }
                             unused
                         })
+                        .map(|(ch, _)| ch)
                         .collect(),
                     Err(_) => return,
                 };

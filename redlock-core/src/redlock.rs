@@ -7,7 +7,7 @@ use std::{
 };
 
 use futures_util::future::join_all;
-use tracing::{debug, instrument, warn};
+use tracing::{Instrument, debug, instrument, warn};
 
 use crate::{
     builder::RedlockBuilder,
@@ -16,14 +16,69 @@ use crate::{
     fencing::FencingToken,
     local::LocalQueues,
     lock::Lock,
-    node::{Keys, Node},
-    notify::Notifier,
+    node::{Fair, Keys, Node},
+    notify::{Notifier, sequencer},
     renewer::Renewer,
     retry::Retry,
     timing,
     token::LockToken,
     votes::Votes,
 };
+
+/// How often a waiter with others ahead of it in the wait queue asks again (it is woken when its
+/// turn comes; asking again only renews its place).
+const QUEUE_POLL: Duration = Duration::from_millis(100);
+
+/// How long a waiter keeps its place in a wait queue without asking again: well above its
+/// longest pause, so only a waiter that crashed or stalled loses it.
+fn queue_lease(retry: &Retry) -> Duration {
+    retry
+        .delay
+        .saturating_add(retry.jitter)
+        .max(QUEUE_POLL)
+        .saturating_mul(4)
+        .max(Duration::from_secs(1))
+}
+
+/// Our place in a wait queue: leaves it (in the background) when dropped still armed, i.e. when
+/// the waiter gave up, failed or was cancelled before it was granted the lock.
+struct QueueSpot {
+    shared: Arc<Shared>,
+    key: String,
+    node: usize,
+    armed: bool,
+}
+
+impl QueueSpot {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for QueueSpot {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (shared, key, node) = (
+            self.shared.clone(),
+            std::mem::take(&mut self.key),
+            self.node,
+        );
+        runtime.spawn(
+            async move {
+                let waiter = shared.notifier.waiter().clone();
+                if let Err(error) = shared.nodes[node].leave_queue(&key, &waiter).await {
+                    debug!(%error, "could not leave the wait queue; the lease will drop us");
+                }
+            }
+            .instrument(tracing::debug_span!("redlock.leave_queue")),
+        );
+    }
+}
 
 /// A client for one set of independent Redis nodes.
 ///
@@ -333,12 +388,38 @@ impl Redlock {
         };
         let mut attempt = 1;
         let mut watch = None;
+        // Single-resource locks without fencing wait in the key's queue on the sequencer node
+        // (see `notify`); `spot` leaves it if we give up.
+        let fair = (target.keys.len() == 1 && !fenced).then(|| Fair {
+            waiter: self.shared.notifier.waiter().clone(),
+            join: true,
+            lease: queue_lease(&retry),
+        });
+        let first = sequencer(&target.keys[0], self.shared.nodes.len());
+        let mut spot: Option<QueueSpot> = None;
+        // Set when a message said our turn came (or the lock was released).
+        let mut in_turn = false;
         loop {
             // Once the lock is known to be contended by other processes (now, or moments ago),
             // attempts go to one node first: see `Votes::send_first`.
             let sequenced = watch.is_some() || self.shared.notifier.is_watched(&target.keys[0]);
-            match self.attempt(&target, ttl, fenced, sequenced).await {
+            let approach = match (sequenced, in_turn && fair.is_some()) {
+                (false, _) => Approach::Parallel,
+                (true, false) => Approach::Sequenced,
+                (true, true) => Approach::InTurn,
+            };
+            in_turn = false;
+            let mut queued = None;
+            let fair = if sequenced { fair.clone() } else { None };
+            match self
+                .attempt(&target, ttl, fenced, approach, fair, &mut queued)
+                .await
+            {
                 Ok(lock) => {
+                    // Granted in turn: the sequencer node took us out of the queue.
+                    if let Some(spot) = spot.take() {
+                        spot.disarm();
+                    }
                     lock.hold_turn(turn);
                     return Ok(lock);
                 }
@@ -347,23 +428,47 @@ impl Redlock {
                         && attempt < attempts
                         && (!timed || Instant::now() < until) =>
                 {
-                    debug!(attempt, error = %err, "attempt failed");
+                    debug!(attempt, error = %err, ?queued, "attempt failed");
                     attempt += 1;
+                    if queued.is_some() && spot.is_none() {
+                        spot = Some(QueueSpot {
+                            shared: self.shared.clone(),
+                            key: target.keys[0].clone(),
+                            node: first,
+                            armed: true,
+                        });
+                    }
                     if err.is_contended() && watch.is_none() {
                         // Held by another process: listen for its release, then try once more
-                        // at once, in case it was released before we listened.
-                        let node = sequencer(&target.keys[0], self.shared.nodes.len());
-                        watch = Some(self.shared.notifier.watch(&target.keys, node).await);
-                        continue;
+                        // at once, in case it was released before we listened (unless we were
+                        // listening all along: the channel was still subscribed).
+                        let listening = self
+                            .shared
+                            .notifier
+                            .watch(&target.keys, first, target.keys.len() == 1 && !fenced)
+                            .await;
+                        let fresh = listening.is_fresh();
+                        watch = Some(listening);
+                        if fresh {
+                            continue;
+                        }
                     }
                     let mut pause = retry.pause();
-                    if timed {
+                    if queued.is_some_and(|place| place > 1) {
+                        // Others are ahead of us: we will be woken when our turn comes, and
+                        // only need to ask again to keep our place.
+                        pause = pause.max(QUEUE_POLL);
+                    }
+                    if timed || queued.is_some() {
                         pause = pause.min(until.saturating_duration_since(Instant::now()));
                     }
                     match &watch {
                         Some(watch) => {
                             tokio::select! {
-                                () = watch.notified() => debug!("woken by a release"),
+                                () = watch.notified() => {
+                                    debug!("woken by a release");
+                                    in_turn = true;
+                                }
                                 () = tokio::time::sleep(pause) => {}
                             }
                         }
@@ -444,7 +549,10 @@ impl Redlock {
         let Some(turn) = self.shared.local.try_turn(&target.queue) else {
             return Ok(None);
         };
-        match self.attempt(&target, ttl, fenced, false).await {
+        match self
+            .attempt(&target, ttl, fenced, Approach::Parallel, None, &mut None)
+            .await
+        {
             Ok(lock) => {
                 lock.hold_turn(turn);
                 Ok(Some(lock))
@@ -461,7 +569,9 @@ impl Redlock {
         target: &Target,
         ttl: Duration,
         fenced: bool,
-        sequenced: bool,
+        approach: Approach,
+        fair: Option<Fair>,
+        queued: &mut Option<u32>,
     ) -> Result<Lock> {
         let settings = &self.shared.settings;
         let keys = &target.keys;
@@ -471,11 +581,12 @@ impl Redlock {
         // T1 is taken before the first byte leaves, so the time spent acquiring is subtracted
         // from the validity whatever happens while waiting for replies.
         let t1 = Instant::now();
-        let votes = if sequenced {
-            let first = sequencer(&target.keys[0], self.shared.nodes.len());
-            Votes::send_first(&self.shared, keys, &value, ttl, fenced, first)
-        } else {
-            Votes::send(&self.shared, keys, &value, ttl, fenced)
+        let first = sequencer(&target.keys[0], self.shared.nodes.len());
+        let votes = match approach {
+            Approach::Parallel => Votes::send(&self.shared, keys, &value, ttl, fenced),
+            Approach::Sequenced | Approach::InTurn => {
+                Votes::send_first(&self.shared, keys, &value, ttl, fenced, first, fair)
+            }
         };
         let mut guard = AttemptGuard {
             votes: Some(votes),
@@ -483,8 +594,24 @@ impl Redlock {
             keys,
             value: &value,
         };
-        if sequenced && let Some(votes) = guard.votes.as_mut() {
+        if approach == Approach::InTurn
+            && let Some(votes) = guard.votes.as_mut()
+        {
+            // Woken because our turn came: the sequencer node is all but certain to grant it,
+            // so the other nodes are asked at the same time. Its verdict is still awaited: the
+            // lock is ours only in turn, never by a quorum of the other nodes alone.
+            votes.send_rest(&self.shared);
+            votes.settle_node(&self.shared, first).await;
+            if let Some(place) = votes.queued() {
+                *queued = Some(place);
+                return self.refuse(&mut guard, &target.name, keys, &value).await;
+            }
+        }
+        if approach == Approach::Sequenced
+            && let Some(votes) = guard.votes.as_mut()
+        {
             if votes.first_is_busy(&self.shared).await {
+                *queued = votes.queued();
                 // Another waiter got through first (or the holder is still there): nothing of
                 // ours was set anywhere.
                 return Err(Error::Contended {
@@ -542,6 +669,26 @@ impl Redlock {
                 Err(error)
             }
         }
+    }
+
+    /// Ends an attempt that was not our turn: undoes whatever the other nodes granted, then
+    /// reports contention.
+    async fn refuse(
+        &self,
+        guard: &mut AttemptGuard<'_>,
+        name: &str,
+        keys: &Keys,
+        value: &Arc<str>,
+    ) -> Result<Lock> {
+        if let Some(votes) = guard.votes.as_mut() {
+            votes
+                .release_settled(&self.shared, keys, value, false, false)
+                .await;
+        }
+        Err(Error::Contended {
+            key: name.to_owned(),
+            attempts: 1,
+        })
     }
 
     /// Collects votes until the outcome is known; with fencing, runs phase 2. Returns the fence
@@ -615,13 +762,16 @@ impl Redlock {
     }
 }
 
-/// The node a sequenced attempt asks first: the same for every client of `key` that lists the
-/// nodes in the same order (FNV-1a, stable across processes and Rust versions).
-fn sequencer(key: &str, nodes: usize) -> usize {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    usize::try_from(hash % nodes.max(1) as u64).unwrap_or(0)
+/// How an attempt asks the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Approach {
+    /// Every node at once: the uncontended case.
+    Parallel,
+    /// The sequencer node first (through the wait queue, when fair), the others only if it
+    /// granted: contended, so that woken waiters do not split the nodes between them.
+    Sequenced,
+    /// Every node at once, the sequencer through the wait queue: woken because our turn came.
+    InTurn,
 }
 
 /// A normalised set of resources to lock.

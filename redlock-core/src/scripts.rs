@@ -24,27 +24,119 @@ impl Lua {
     }
 }
 
-/// Compare-and-delete: deletes each key only while it still holds our token, so a lock that
-/// expired and was taken by someone else is never released by us, and announces each deletion
-/// on `<key>:released` for waiters in other processes ([`notify`](crate::notify)) when ARGV[2] is
-/// "1" (a held lock's release; the cleanup of a failed attempt stays quiet, or the waiter would
-/// wake itself). Returns how many keys it deleted.
+/// Compare-and-delete: deletes each lock key only while it still holds our token, so a lock
+/// that expired and was taken by someone else is never released by us. Returns how many keys it
+/// deleted.
+///
+/// KEYS: the lock keys, then optionally the wait queue of the first one ([`wait_queue`]).
+/// ARGV: the token, the announcement mode, the number of lock keys. When it deleted something,
+/// mode "1" (a held lock's release) announces it on `<key>:released` for waiters that listen to
+/// every release ([`notify`](crate::notify)), and mode "1" or "2" (the cleanup of a failed
+/// attempt, which must not wake the broadcast listeners: its own waiter among them) wakes the
+/// waiter at the head of the queue on `<key>:released:<waiter>`.
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
 
 /// The body of [`RELEASE`], for the one place that must send it with `EVAL`: releasing behind a
 /// SET whose reply never came. That release may also never be answered in time, and EVALSHA's
 /// NOSCRIPT fallback only happens when the client reads the reply; a node that resumes with an
 /// empty script cache would then drop the release and keep the orphan key.
-pub(crate) const RELEASE_LUA: &str = r#"local n = 0
-for i = 1, #KEYS do
+pub(crate) const RELEASE_LUA: &str = r#"local n = tonumber(ARGV[3])
+local deleted = 0
+for i = 1, n do
     if redis.call("GET", KEYS[i]) == ARGV[1] then
-        n = n + redis.call("DEL", KEYS[i])
+        deleted = deleted + redis.call("DEL", KEYS[i])
         if ARGV[2] == "1" then
             redis.call("PUBLISH", KEYS[i] .. ":released", "")
         end
     end
 end
-return n"#;
+if deleted > 0 and ARGV[2] ~= "0" and KEYS[n + 1] then
+    local head = redis.call("LINDEX", KEYS[n + 1], 0)
+    if head then
+        redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
+    end
+end
+return deleted"#;
+
+/// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order and
+/// a hash of their leases (server time in ms). In Redis Cluster or Dragonfly cluster mode, put a
+/// hash tag in the resource name (`{orders:42}`) so they land in the lock key's slot.
+pub(crate) fn wait_queue(lock_key: &str) -> [String; 2] {
+    [
+        wait_queue_list(lock_key),
+        format!("{lock_key}:queue:leases"),
+    ]
+}
+
+/// The list of [`wait_queue`].
+pub(crate) fn wait_queue_list(lock_key: &str) -> String {
+    format!("{lock_key}:queue")
+}
+
+/// A queued waiter's acquisition on the sequencer node: `SET NX PX` only when the queue is empty
+/// or this waiter is at its head (waiters whose lease ran out are dropped from the head first,
+/// and the waiter the turn passes to is woken if the lock is free).
+/// On success the waiter leaves the queue and the script returns 0. Otherwise, with ARGV[5] =
+/// "1", the waiter joins the queue (or renews its lease) and the script returns its 1-based
+/// place; with "0" it returns -1 and leaves no trace (a `try_lock`).
+///
+/// KEYS: lock, queue list, lease hash. ARGV: token, ttl ms, waiter id, lease ms, join.
+pub(crate) static FAIR_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me = ARGV[3]
+local head = redis.call("LINDEX", KEYS[2], 0)
+local dropped = false
+while head and head ~= me do
+    local lease = tonumber(redis.call("HGET", KEYS[3], head))
+    if lease and lease > now then
+        break
+    end
+    redis.call("LPOP", KEYS[2])
+    redis.call("HDEL", KEYS[3], head)
+    dropped = true
+    head = redis.call("LINDEX", KEYS[2], 0)
+end
+if (not head or head == me) and redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+    if head then
+        redis.call("LPOP", KEYS[2])
+        redis.call("HDEL", KEYS[3], me)
+    end
+    return 0
+end
+if ARGV[5] ~= "1" then
+    return -1
+end
+if redis.call("HSET", KEYS[3], me, now + tonumber(ARGV[4])) == 1 then
+    redis.call("RPUSH", KEYS[2], me)
+end
+redis.call("PEXPIRE", KEYS[2], 2 * tonumber(ARGV[4]))
+redis.call("PEXPIRE", KEYS[3], 2 * tonumber(ARGV[4]))
+if dropped and head and head ~= me and redis.call("EXISTS", KEYS[1]) == 0 then
+    -- Free, and the turn passed from a waiter that is gone to one that may not know it.
+    redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
+end
+local place = redis.call("LPOS", KEYS[2], me)
+return (place or 0) + 1"#,
+    )
+});
+
+/// A waiter that stops waiting leaves the queue; if the lock is free, the new head is woken.
+/// KEYS: lock, queue list, lease hash. ARGV: waiter id.
+pub(crate) static LEAVE_QUEUE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"redis.call("LREM", KEYS[2], 0, ARGV[1])
+redis.call("HDEL", KEYS[3], ARGV[1])
+if redis.call("EXISTS", KEYS[1]) == 0 then
+    local head = redis.call("LINDEX", KEYS[2], 0)
+    if head then
+        redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
+    end
+end
+return 1"#,
+    )
+});
 
 /// All-or-nothing acquisition of several keys ([`Redlock::lock_many`](crate::Redlock::lock_many)):
 /// sets every key to our token with the ttl only if none of them exists. Returns 1 or 0.

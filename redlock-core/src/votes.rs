@@ -21,8 +21,10 @@ use tracing::{Instrument, debug_span};
 
 use crate::{
     error::{NodeError, NodeErrorKind},
-    node::{Keys, Link, Vote},
+    node::{Fair, Keys, Link, Vote, Wake},
+    notify::sequencer,
     redlock::Shared,
+    scripts,
 };
 
 /// A node's `SET NX PX`, driven in place by whoever holds the [`Votes`]: the attempt while it
@@ -79,6 +81,8 @@ pub(crate) struct Votes {
     pub(crate) slots: Vec<Slot>,
     /// Nodes that answered that someone else holds the key.
     busy: usize,
+    /// Our place in the key's wait queue, when the sequencer node refused us for it.
+    queued: Option<u32>,
     /// What the unsent SETs of a sequenced attempt need; dropped once they are sent.
     rest: Option<Rest>,
     /// Failures seen so far, for the error of a failed attempt.
@@ -121,6 +125,10 @@ impl Votes {
     /// Used by waiters woken by a release: if they all sent to every node at once, their SETs
     /// would split the nodes between them and nobody would reach a quorum. Asking one node first
     /// (the same one for every client of a key) lets exactly one of them through.
+    ///
+    /// With `fair`, node `first` is asked through the key's wait queue
+    /// ([`Node::set_fair`](crate::node::Node::set_fair)): waiters then get the lock in the order
+    /// they asked for it.
     pub(crate) fn send_first(
         shared: &Arc<Shared>,
         keys: &Keys,
@@ -128,10 +136,36 @@ impl Votes {
         ttl: Duration,
         fenced: bool,
         first: usize,
+        fair: Option<Fair>,
     ) -> Votes {
         let mut votes = Votes::unsent(shared, keys, value, ttl, fenced);
-        votes.start(shared, first);
+        match fair {
+            Some(fair) => votes.start_fair(shared, first, fair),
+            None => votes.start(shared, first),
+        }
         votes
+    }
+
+    fn start_fair(&mut self, shared: &Arc<Shared>, index: usize, fair: Fair) {
+        let Some(rest) = &self.rest else { return };
+        let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
+        let ttl = rest.ttl;
+        let link = shared.nodes[index].cached_link();
+        let span = debug_span!("redlock.set_fair", node = %shared.nodes[index].addr());
+        // Awaited at once by the caller (`first_is_busy`), so it needs no task even when a
+        // connection must be dialled first.
+        let set = async move {
+            shared.nodes[index]
+                .set_fair(link, &keys[0], &value, ttl, &fair)
+                .await
+        }
+        .instrument(span);
+        self.slots[index] = Slot::Pending { set: Box::pin(set) };
+    }
+
+    /// Our place in the wait queue, when the sequencer node put us in line.
+    pub(crate) fn queued(&self) -> Option<u32> {
+        self.queued
     }
 
     fn unsent(
@@ -145,6 +179,7 @@ impl Votes {
         Votes {
             slots: (0..n).map(|_| Slot::Unsent).collect(),
             busy: 0,
+            queued: None,
             rest: Some(Rest {
                 keys: keys.clone(),
                 value: value.clone(),
@@ -276,6 +311,11 @@ impl Votes {
                 self.busy += 1;
                 Holds::No
             }
+            Vote::Queued(place) => {
+                self.busy += 1;
+                self.queued = Some(place);
+                Holds::No
+            }
             Vote::Failed { error, sent } => {
                 self.failures.push(shared.nodes[index].error(error));
                 if sent { Holds::Maybe } else { Holds::No }
@@ -315,6 +355,13 @@ impl Votes {
                     },
                 );
             }
+        }
+    }
+
+    /// Waits for node `index`'s SET, recording the other replies that arrive meanwhile.
+    pub(crate) async fn settle_node(&mut self, shared: &Shared, index: usize) {
+        while matches!(self.slots.get(index), Some(Slot::Pending { .. })) && self.next(shared).await
+        {
         }
     }
 
@@ -403,6 +450,15 @@ impl Votes {
         announce: bool,
     ) {
         let slot = std::mem::replace(&mut self.slots[index], Slot::Unsent);
+        // The sequencer node of a single-key lock keeps its wait queue: its release wakes the
+        // head of that queue.
+        let on_sequencer = index == sequencer(&keys[0], self.slots.len());
+        let queued = keys.len() == 1 && on_sequencer;
+        let wake = match (on_sequencer, announce) {
+            (false, _) => Wake::Nobody,
+            (true, true) => Wake::Everyone,
+            (true, false) => Wake::Head,
+        };
         let (shared, keys, value) = (shared.clone(), keys.clone(), value.clone());
         let span = debug_span!("redlock.release", node = %shared.nodes[index].addr());
         self.slots[index] = match slot {
@@ -418,7 +474,10 @@ impl Votes {
                     release: Box::pin(
                         async move {
                             let node = &shared.nodes[index];
-                            let result = node.release(link.as_ref(), &keys, &value, announce).await;
+                            let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
+                            let result = node
+                                .release(link.as_ref(), &keys, &value, wake, queue.as_deref())
+                                .await;
                             (result, link)
                         }
                         .instrument(span),
@@ -435,11 +494,18 @@ impl Votes {
                     async move {
                         let node = &shared.nodes[index];
                         let (vote, link) = set.await;
+                        let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
+                        let queue = queue.as_deref();
                         let result = match vote {
-                            Vote::Busy | Vote::Failed { sent: false, .. } => Ok(false),
-                            Vote::Acquired(_) => node.release(None, &keys, &value, announce).await,
+                            Vote::Busy | Vote::Queued(_) | Vote::Failed { sent: false, .. } => {
+                                Ok(false)
+                            }
+                            Vote::Acquired(_) => {
+                                node.release(None, &keys, &value, wake, queue).await
+                            }
                             Vote::Failed { sent: true, .. } => {
-                                node.release(link.as_ref(), &keys, &value, announce).await
+                                node.release(link.as_ref(), &keys, &value, wake, queue)
+                                    .await
                             }
                         };
                         (result, link)

@@ -8,5 +8,6 @@ mod fencing;
 mod input;
 mod lifecycle;
 mod many;
+mod queue;
 mod release;
 mod support;

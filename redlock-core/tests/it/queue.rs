@@ -1,0 +1,186 @@
+//! Wait queues: waiters in different processes take a contended lock in the order they asked,
+//! a release wakes only the next one, and a waiter that leaves or dies never blocks the others
+//! for long. Each `Redlock` here is its own client (no shared in-process queue), exactly like
+//! separate processes.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use redlock_core::{LockOptions, Redlock, Retry};
+
+use crate::support::{cluster, eventually, redlock, redlock_with};
+
+/// Entries in the wait queue of `key`, over every node (only its sequencer node keeps one).
+fn queued(nodes: &redlock_tests::Cluster, key: &str) -> i64 {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            n.query(&["LLEN", &format!("{key}:queue")])
+                .ok()
+                .and_then(|r| r.as_int())
+        })
+        .sum()
+}
+
+/// A client whose retry pause is far longer than the test: it can only get the lock in time if
+/// it is woken when its turn comes.
+fn patient(nodes: &redlock_tests::Cluster) -> Redlock {
+    redlock_with(nodes, |b| {
+        b.retry(Retry::new(1_000, Duration::from_secs(5), Duration::ZERO))
+    })
+}
+
+/// Four clients ask for a held lock one after the other; after the release each gets it in
+/// that order, each woken by the previous holder's release rather than by its 5 s pause.
+/// Without the queue the woken waiters race, and the order is one of 24 at random.
+#[tokio::test]
+async fn waiters_in_other_processes_take_the_lock_in_arrival_order() {
+    let nodes = cluster(3);
+    let holder = redlock(&nodes);
+    let held = holder.lock("line").await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for index in 0..4 {
+        let (waiter, order) = (patient(&nodes), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let lock = waiter
+                .lock_with("line", LockOptions::new().wait(Duration::from_secs(20)))
+                .await
+                .expect("woken in turn");
+            order.lock().unwrap().push(index);
+            lock.release().await.unwrap();
+        }));
+        // The next client asks only once this one stands in line.
+        let in_line = eventually(Duration::from_secs(5), || {
+            queued(&nodes, "redlock:line") == index + 1
+        })
+        .await;
+        assert!(in_line, "waiter {index} joined the queue");
+    }
+    let released = Instant::now();
+    held.release().await.unwrap();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
+    assert!(
+        released.elapsed() < Duration::from_secs(3),
+        "each woken by a release, not by its pause: {:?}",
+        released.elapsed()
+    );
+    assert_eq!(
+        queued(&nodes, "redlock:line"),
+        0,
+        "the queue empties itself"
+    );
+}
+
+/// A waiter cancelled while standing in line leaves it at once: the waiter behind it is woken
+/// by the release, instead of waiting for the cancelled one's place (held for 20 s by its lease)
+/// to run out.
+#[tokio::test]
+async fn a_cancelled_waiter_leaves_the_queue() {
+    let nodes = cluster(3);
+    let holder = redlock(&nodes);
+    let held = holder.lock("leave").await.unwrap();
+    let quitter = patient(&nodes);
+    let quitting = tokio::spawn(async move {
+        quitter
+            .lock_with("leave", LockOptions::new().wait(Duration::from_secs(20)))
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || queued(&nodes, "redlock:leave")
+            == 1)
+        .await
+    );
+    let next = patient(&nodes);
+    let waiting = tokio::spawn(async move {
+        next.lock_with("leave", LockOptions::new().wait(Duration::from_secs(20)))
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || queued(&nodes, "redlock:leave")
+            == 2)
+        .await
+    );
+    quitting.abort();
+    assert!(quitting.await.unwrap_err().is_cancelled());
+    assert!(
+        eventually(Duration::from_secs(5), || queued(&nodes, "redlock:leave")
+            == 1)
+        .await,
+        "the cancelled waiter left the queue"
+    );
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("the next waiter is served");
+    assert!(
+        released.elapsed() < Duration::from_secs(3),
+        "woken by the release: {:?}",
+        released.elapsed()
+    );
+    lock.release().await.unwrap();
+}
+
+/// A waiter that died in line (here: a queue entry with a 2 s lease that nobody renews) keeps
+/// its turn, even over a free lock, only until its lease runs out; then the live waiter behind
+/// it is served.
+#[tokio::test]
+async fn a_dead_waiter_loses_its_place_when_its_lease_runs_out() {
+    let nodes = cluster(3);
+    let lease = Duration::from_secs(2);
+    let lease_end = Instant::now() + lease;
+    for node in nodes.iter() {
+        let time = node.query(&["TIME"]).unwrap();
+        let parts = time.as_array().unwrap();
+        let secs: u128 = parts[0].as_str().unwrap().parse().unwrap();
+        let micros: u128 = parts[1].as_str().unwrap().parse().unwrap();
+        let until = (secs * 1000 + micros / 1000 + lease.as_millis()).to_string();
+        node.query(&["RPUSH", "redlock:ghost:queue", "ghost"])
+            .unwrap();
+        node.query(&["HSET", "redlock:ghost:queue:leases", "ghost", &until])
+            .unwrap();
+    }
+    let waiter = redlock_with(&nodes, |b| {
+        b.retry(Retry::new(1_000, Duration::from_millis(50), Duration::ZERO))
+    });
+    // A client that saw no contention asks every node at once without consulting the queue;
+    // finding the lock held makes it a queued waiter.
+    let blocked = redlock(&nodes).lock("ghost").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .lock_with("ghost", LockOptions::new().wait(Duration::from_secs(10)))
+            .await
+    });
+    // The ghost stands in line on every node; the waiter joins it on the sequencer node.
+    let joined = eventually(Duration::from_secs(5), || {
+        queued(&nodes, "redlock:ghost") == 4
+    })
+    .await;
+    assert!(joined, "the waiter queued behind the ghost");
+    blocked.release().await.unwrap();
+    let lock = waiting
+        .await
+        .unwrap()
+        .expect("served once the dead waiter's lease ran out");
+    let now = Instant::now();
+    assert!(
+        now + Duration::from_millis(100) >= lease_end,
+        "the free lock waited for the dead waiter's turn to expire"
+    );
+    assert!(
+        now < lease_end + Duration::from_secs(3),
+        "and not much longer: {:?} after it",
+        now.saturating_duration_since(lease_end)
+    );
+    lock.release().await.unwrap();
+    // Gone from the sequencer node; the other nodes never look at theirs.
+    let gone = eventually(Duration::from_secs(5), || {
+        queued(&nodes, "redlock:ghost") == 2
+    })
+    .await;
+    assert!(gone, "the dead entry left the sequencer node's queue");
+}
