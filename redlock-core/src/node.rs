@@ -209,10 +209,6 @@ impl Node {
         self.client.as_ref()
     }
 
-    pub(crate) fn addr(&self) -> &str {
-        &self.addr
-    }
-
     pub(crate) fn error(&self, kind: NodeErrorKind) -> NodeError {
         NodeError {
             node: self.addr.clone(),
@@ -298,6 +294,7 @@ impl Node {
     /// `SET key token NX PX ttl` on `link`, or on a connection checked out within the node
     /// timeout. Returns the link used, so a later release of a doubtful SET travels the same
     /// ordered connection.
+    #[instrument(level = "debug", name = "redlock.set", skip_all, fields(node = %self.addr))]
     pub(crate) async fn set_nx_px(
         &self,
         link: Option<Link>,
@@ -378,6 +375,7 @@ impl Node {
     /// A queued waiter's `SET NX PX` on the key's sequencer node
     /// ([`FAIR_ACQUIRE`](scripts::FAIR_ACQUIRE)): granted only in turn. With `fair.join`, a
     /// waiter that is refused takes (or keeps) its place in the queue for `fair.lease`.
+    #[instrument(level = "debug", name = "redlock.set_fair", skip_all, fields(node = %self.addr))]
     pub(crate) async fn set_fair(
         &self,
         link: Option<Link>,

@@ -13,7 +13,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::Poll,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::FutureExt;
@@ -151,15 +151,13 @@ impl Votes {
         let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
         let ttl = rest.ttl;
         let link = shared.nodes[index].cached_link();
-        let span = debug_span!("redlock.set_fair", node = %shared.nodes[index].addr());
         // Awaited at once by the caller (`first_is_busy`), so it needs no task even when a
         // connection must be dialled first.
         let set = async move {
             shared.nodes[index]
                 .set_fair(link, &keys[0], &value, ttl, &fair)
                 .await
-        }
-        .instrument(span);
+        };
         self.slots[index] = Slot::Pending { set: Box::pin(set) };
     }
 
@@ -206,13 +204,11 @@ impl Votes {
         let (ttl, fenced) = (rest.ttl, rest.fenced);
         let link = shared.nodes[index].cached_link();
         let cached = link.is_some();
-        let span = debug_span!("redlock.set", node = %shared.nodes[index].addr());
         let set = async move {
             shared.nodes[index]
                 .set_nx_px(link, &keys, &value, ttl, fenced)
                 .await
-        }
-        .instrument(span);
+        };
         let set: SetFuture = if cached {
             // Its first poll queues the command on the connection; nothing else is awaited.
             Box::pin(set)
@@ -245,20 +241,11 @@ impl Votes {
         self.busy > 0
     }
 
-    /// Nodes whose SET (or the release behind it) has not answered yet.
+    /// Nodes whose SET, or whose release, has not answered yet.
     pub(crate) fn pending(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| {
-                matches!(
-                    s,
-                    Slot::Pending { .. }
-                        | Slot::Releasing {
-                            straggler: true,
-                            ..
-                        }
-                )
-            })
+            .filter(|s| matches!(s, Slot::Pending { .. } | Slot::Releasing { .. }))
             .count()
     }
 
@@ -372,9 +359,9 @@ impl Votes {
 
     /// Compare-and-delete on every node where our token is or may be, in parallel: nodes that
     /// answered their SET, and stragglers (whose release goes out as soon as their SET answered,
-    /// on the same connection). Returns once every answered node has
-    /// answered the release; unless `wait_stragglers`, a straggler's release still in flight
-    /// then stays in its slot ([`pending`](Votes::pending)) for
+    /// on the same connection). Returns once every answered node has answered the release and
+    /// stragglers had as long again; unless `wait_stragglers`, a straggler's release still in
+    /// flight then stays in its slot ([`pending`](Votes::pending)) for
     /// [`release_in_background`](Votes::release_in_background). A node is marked released only
     /// once it answered: if this future is dropped mid-way, the releases in flight stay in their
     /// slots and are still owed.
@@ -392,16 +379,36 @@ impl Votes {
             self.start_release(shared, index, keys, value, announce);
         }
         let mut tally = ReleaseTally::default();
+        let started = Instant::now();
+        // Once every answered node answered, a straggler still gets as long again: a healthy
+        // one is a moment behind (finishing it here saves a task), a frozen one is left to the
+        // background.
+        let mut grace: Option<tokio::time::Instant> = None;
         loop {
-            let waiting = self.slots.iter().any(|s| match s {
-                Slot::Releasing { straggler, .. } => wait_stragglers || !*straggler,
-                _ => false,
-            });
-            if !waiting {
+            let (mut settled, mut stragglers) = (false, false);
+            for slot in &self.slots {
+                match slot {
+                    Slot::Releasing {
+                        straggler: true, ..
+                    } => stragglers = true,
+                    Slot::Releasing { .. } => settled = true,
+                    _ => {}
+                }
+            }
+            if !settled && !stragglers {
                 break;
             }
+            if !settled && !wait_stragglers {
+                let until = *grace.get_or_insert_with(|| {
+                    let spent = started.elapsed().max(Duration::from_millis(1));
+                    tokio::time::Instant::now() + spent
+                });
+                if tokio::time::Instant::now() >= until {
+                    break;
+                }
+            }
             let slots = &mut self.slots;
-            let (index, result, link) = poll_fn(|cx| {
+            let next = poll_fn(|cx| {
                 for (index, slot) in slots.iter_mut().enumerate() {
                     if let Slot::Releasing { release, .. } = slot
                         && let Poll::Ready((result, link)) = release.as_mut().poll(cx)
@@ -410,8 +417,14 @@ impl Votes {
                     }
                 }
                 Poll::Pending
-            })
-            .await;
+            });
+            let (index, result, link) = match grace {
+                Some(until) => match tokio::time::timeout_at(until, next).await {
+                    Ok(reply) => reply,
+                    Err(_) => break,
+                },
+                None => next.await,
+            };
             match result {
                 Ok(released) => {
                     if released {
@@ -460,7 +473,6 @@ impl Votes {
             (true, false) => Wake::Head,
         };
         let (shared, keys, value) = (shared.clone(), keys.clone(), value.clone());
-        let span = debug_span!("redlock.release", node = %shared.nodes[index].addr());
         self.slots[index] = match slot {
             Slot::Settled {
                 holds: holds @ (Holds::Yes | Holds::Maybe),
@@ -471,17 +483,14 @@ impl Votes {
                 // doubtful one must be followed on its own connection.
                 let link = if holds == Holds::Maybe { link } else { None };
                 Slot::Releasing {
-                    release: Box::pin(
-                        async move {
-                            let node = &shared.nodes[index];
-                            let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
-                            let result = node
-                                .release(link.as_ref(), &keys, &value, wake, queue.as_deref())
-                                .await;
-                            (result, link)
-                        }
-                        .instrument(span),
-                    ),
+                    release: Box::pin(async move {
+                        let node = &shared.nodes[index];
+                        let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
+                        let result = node
+                            .release(link.as_ref(), &keys, &value, wake, queue.as_deref())
+                            .await;
+                        (result, link)
+                    }),
                     straggler: false,
                 }
             }
@@ -490,28 +499,23 @@ impl Votes {
                 // same connection: it can never reach the node before the SET does
                 // (DESIGN.md §3.2 rule 7). Queueing it concurrently, right behind the unanswered
                 // SET, was measured to let it overtake the SET now and then.
-                release: Box::pin(
-                    async move {
-                        let node = &shared.nodes[index];
-                        let (vote, link) = set.await;
-                        let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
-                        let queue = queue.as_deref();
-                        let result = match vote {
-                            Vote::Busy | Vote::Queued(_) | Vote::Failed { sent: false, .. } => {
-                                Ok(false)
-                            }
-                            Vote::Acquired(_) => {
-                                node.release(None, &keys, &value, wake, queue).await
-                            }
-                            Vote::Failed { sent: true, .. } => {
-                                node.release(link.as_ref(), &keys, &value, wake, queue)
-                                    .await
-                            }
-                        };
-                        (result, link)
-                    }
-                    .instrument(span),
-                ),
+                release: Box::pin(async move {
+                    let node = &shared.nodes[index];
+                    let (vote, link) = set.await;
+                    let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
+                    let queue = queue.as_deref();
+                    let result = match vote {
+                        Vote::Busy | Vote::Queued(_) | Vote::Failed { sent: false, .. } => {
+                            Ok(false)
+                        }
+                        Vote::Acquired(_) => node.release(None, &keys, &value, wake, queue).await,
+                        Vote::Failed { sent: true, .. } => {
+                            node.release(link.as_ref(), &keys, &value, wake, queue)
+                                .await
+                        }
+                    };
+                    (result, link)
+                }),
                 straggler: true,
             },
             other => other,
