@@ -65,10 +65,12 @@ type Watched = Arc<Mutex<HashMap<String, Listeners>>>;
 struct Listeners {
     /// The wake-up of every watch on it (empty while lingering).
     watchers: Vec<Arc<Notify>>,
-    /// Bumped each time the last watch leaves: a linger timer only unsubscribes if no watch came
-    /// and went since it started, so a client that waits for a lock again and again (holding
-    /// it in between) stays subscribed.
-    idle_since: u64,
+    /// When the last watch left, while none is on it. The channel is unsubscribed once it has
+    /// been idle for [`LINGER`] without a break, so a client that waits for a lock again and
+    /// again (holding it in between) stays subscribed.
+    idle_at: Option<tokio::time::Instant>,
+    /// A linger timer is running for it: one per idle channel, not one per watch.
+    timed: bool,
 }
 
 /// The subscriptions of one `Redlock`: one pub/sub connection per node, opened on first use.
@@ -134,7 +136,11 @@ impl Notifier {
         self.watched
             .lock()
             .map(|w| {
-                w.contains_key(&turn_channel(key, &self.waiter)) || w.contains_key(&channel(key))
+                // Nothing is subscribed while there is no contention: answer without building
+                // channel names, on every uncontended acquisition.
+                !w.is_empty()
+                    && (w.contains_key(&turn_channel(key, &self.waiter))
+                        || w.contains_key(&channel(key)))
             })
             .unwrap_or(false)
     }
@@ -161,11 +167,9 @@ impl Notifier {
                 if !watched.contains_key(ch) {
                     fresh.push(ch.clone());
                 }
-                watched
-                    .entry(ch.clone())
-                    .or_default()
-                    .watchers
-                    .push(notify.clone());
+                let listeners = watched.entry(ch.clone()).or_default();
+                listeners.watchers.push(notify.clone());
+                listeners.idle_at = None;
             }
         }
         if !fresh.is_empty() {
@@ -249,47 +253,76 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let mut idle = Vec::new();
+        let mut arm = Vec::new();
         if let Ok(mut watched) = self.notifier.watched.lock() {
+            let now = tokio::time::Instant::now();
             for ch in &self.channels {
                 if let Some(listeners) = watched.get_mut(ch) {
                     listeners.watchers.retain(|n| !Arc::ptr_eq(n, &self.notify));
                     if listeners.watchers.is_empty() {
-                        listeners.idle_since += 1;
-                        idle.push((ch.clone(), listeners.idle_since));
+                        listeners.idle_at = Some(now);
+                        if !listeners.timed {
+                            listeners.timed = true;
+                            arm.push(ch.clone());
+                        }
                     }
                 }
             }
         }
-        if idle.is_empty() {
+        if arm.is_empty() {
             return;
         }
         // A contended lock is usually wanted again soon: keep listening a little longer rather
         // than unsubscribing and subscribing again on every acquisition.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let notifier = self.notifier.clone();
-            runtime.spawn(async move {
-                tokio::time::sleep(LINGER).await;
-                let gone: Vec<String> = match notifier.watched.lock() {
-                    Ok(mut watched) => idle
-                        .into_iter()
-                        .filter(|(ch, since)| {
-                            let unused = watched
-                                .get(ch)
-                                .is_some_and(|l| l.watchers.is_empty() && l.idle_since == *since);
-                            if unused {
-                                watched.remove(ch);
-                            }
-                            unused
-                        })
-                        .map(|(ch, _)| ch)
-                        .collect(),
-                    Err(_) => return,
+            runtime.spawn(linger(notifier, arm));
+        }
+    }
+}
+
+/// Unsubscribes `channels` once each has been idle for [`LINGER`] in a row; a channel that is
+/// watched again meanwhile is left alone (its next idle spell arms a new timer).
+async fn linger(notifier: Arc<Notifier>, mut channels: Vec<String>) {
+    let mut wake = tokio::time::Instant::now() + LINGER;
+    loop {
+        tokio::time::sleep_until(wake).await;
+        let now = tokio::time::Instant::now();
+        let mut gone = Vec::new();
+        let mut next: Option<tokio::time::Instant> = None;
+        {
+            let Ok(mut watched) = notifier.watched.lock() else {
+                return;
+            };
+            channels.retain(|ch| {
+                let Some(listeners) = watched.get_mut(ch) else {
+                    return false;
                 };
-                if !gone.is_empty() {
-                    join_all(notifier.feeds.iter().map(|f| f.unsubscribe(&gone))).await;
+                match listeners.idle_at {
+                    Some(idle_at) if listeners.watchers.is_empty() => {
+                        if now >= idle_at + LINGER {
+                            watched.remove(ch);
+                            gone.push(ch.clone());
+                            false
+                        } else {
+                            let due = idle_at + LINGER;
+                            next = Some(next.map_or(due, |n| n.min(due)));
+                            true
+                        }
+                    }
+                    _ => {
+                        listeners.timed = false;
+                        false
+                    }
                 }
             });
+        }
+        if !gone.is_empty() {
+            join_all(notifier.feeds.iter().map(|f| f.unsubscribe(&gone))).await;
+        }
+        match next {
+            Some(due) => wake = due,
+            None => return,
         }
     }
 }

@@ -83,14 +83,20 @@ pub(crate) fn wait_queue_list(lock_key: &str) -> String {
 /// KEYS: lock, queue list, lease hash. ARGV: token, ttl ms, waiter id, lease ms, join.
 pub(crate) static FAIR_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        r#"local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local me = ARGV[3]
+        r#"local me = ARGV[3]
+local now = nil
+local function clock()
+    if not now then
+        local t = redis.call("TIME")
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    return now
+end
 local head = redis.call("LINDEX", KEYS[2], 0)
 local dropped = false
 while head and head ~= me do
     local lease = tonumber(redis.call("HGET", KEYS[3], head))
-    if lease and lease > now then
+    if lease and lease > clock() then
         break
     end
     redis.call("LPOP", KEYS[2])
@@ -108,7 +114,7 @@ end
 if ARGV[5] ~= "1" then
     return -1
 end
-if redis.call("HSET", KEYS[3], me, now + tonumber(ARGV[4])) == 1 then
+if redis.call("HSET", KEYS[3], me, clock() + tonumber(ARGV[4])) == 1 then
     redis.call("RPUSH", KEYS[2], me)
 end
 redis.call("PEXPIRE", KEYS[2], 2 * tonumber(ARGV[4]))
