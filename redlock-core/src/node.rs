@@ -104,7 +104,7 @@ pub(crate) struct Node {
     /// multiplexed connection pipelines any number of concurrent commands, and a checkout per
     /// command (with its timer) costs more client CPU than the command itself. Replaced through
     /// the pool as soon as it is marked broken.
-    cached: std::sync::Mutex<Option<Link>>,
+    cached: std::sync::RwLock<Option<Link>>,
 }
 
 impl fmt::Debug for Node {
@@ -181,7 +181,7 @@ impl Node {
             });
         Ok(Node {
             addr,
-            cached: std::sync::Mutex::new(None),
+            cached: std::sync::RwLock::new(None),
             client: Some(client),
             pool: Pool::Managed(pool),
             timeout,
@@ -198,7 +198,7 @@ impl Node {
     ) -> Node {
         Node {
             addr,
-            cached: std::sync::Mutex::new(None),
+            cached: std::sync::RwLock::new(None),
             client: None,
             pool: Pool::User(pool),
             timeout,
@@ -218,7 +218,8 @@ impl Node {
 
     /// The cached connection, while it is healthy.
     pub(crate) fn cached_link(&self) -> Option<Link> {
-        let cached = self.cached.lock().ok()?;
+        // Read by every command of every task: a read lock, so they never wait on each other.
+        let cached = self.cached.read().ok()?;
         cached
             .as_ref()
             .filter(|link| !link.broken.load(Ordering::Relaxed))
@@ -233,7 +234,7 @@ impl Node {
         }
         let link = self.checkout().await?;
         if matches!(self.pool, Pool::Managed(_))
-            && let Ok(mut cached) = self.cached.lock()
+            && let Ok(mut cached) = self.cached.write()
         {
             *cached = Some(link.clone());
         }

@@ -13,7 +13,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::Poll,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures_util::FutureExt;
@@ -359,9 +359,8 @@ impl Votes {
 
     /// Compare-and-delete on every node where our token is or may be, in parallel: nodes that
     /// answered their SET, and stragglers (whose release goes out as soon as their SET answered,
-    /// on the same connection). Returns once every answered node has answered the release and
-    /// stragglers had as long again; unless `wait_stragglers`, a straggler's release still in
-    /// flight then stays in its slot ([`pending`](Votes::pending)) for
+    /// on the same connection). Returns once every answered node has answered the release;
+    /// unless `wait_stragglers`, a straggler's release still in flight then stays in its slot ([`pending`](Votes::pending)) for
     /// [`release_in_background`](Votes::release_in_background). A node is marked released only
     /// once it answered: if this future is dropped mid-way, the releases in flight stay in their
     /// slots and are still owed.
@@ -379,33 +378,13 @@ impl Votes {
             self.start_release(shared, index, keys, value, announce);
         }
         let mut tally = ReleaseTally::default();
-        let started = Instant::now();
-        // Once every answered node answered, a straggler still gets as long again: a healthy
-        // one is a moment behind (finishing it here saves a task), a frozen one is left to the
-        // background.
-        let mut grace: Option<tokio::time::Instant> = None;
         loop {
-            let (mut settled, mut stragglers) = (false, false);
-            for slot in &self.slots {
-                match slot {
-                    Slot::Releasing {
-                        straggler: true, ..
-                    } => stragglers = true,
-                    Slot::Releasing { .. } => settled = true,
-                    _ => {}
-                }
-            }
-            if !settled && !stragglers {
+            let waiting = self.slots.iter().any(|s| match s {
+                Slot::Releasing { straggler, .. } => wait_stragglers || !*straggler,
+                _ => false,
+            });
+            if !waiting {
                 break;
-            }
-            if !settled && !wait_stragglers {
-                let until = *grace.get_or_insert_with(|| {
-                    let spent = started.elapsed().max(Duration::from_millis(1));
-                    tokio::time::Instant::now() + spent
-                });
-                if tokio::time::Instant::now() >= until {
-                    break;
-                }
             }
             let slots = &mut self.slots;
             let next = poll_fn(|cx| {
@@ -418,13 +397,7 @@ impl Votes {
                 }
                 Poll::Pending
             });
-            let (index, result, link) = match grace {
-                Some(until) => match tokio::time::timeout_at(until, next).await {
-                    Ok(reply) => reply,
-                    Err(_) => break,
-                },
-                None => next.await,
-            };
+            let (index, result, link) = next.await;
             match result {
                 Ok(released) => {
                     if released {
