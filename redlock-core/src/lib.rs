@@ -64,11 +64,13 @@
 //! # Waiting, fairness and renewals
 //!
 //! Tasks of one process that want the same lock queue in arrival order: only the head of the
-//! line talks to the nodes, and a release hands the lock to the next task at once. A task blocked
-//! by another process subscribes to the lock's release announcement (`<key>:released`, published
-//! by the release script) and retries as soon as it is released; its retry pause is only a
-//! fallback bound. Auto-extended locks are renewed in batches of up to 100 per node and script
-//! call.
+//! line talks to the nodes, and a release hands the lock to the next task at once. Across
+//! processes, a waiter joins the lock's wait queue on its sequencer node, which then grants the
+//! key only in turn; the release script wakes exactly the waiter whose turn it is, so waiters are
+//! served in arrival order and a release wakes one process, not all of them
+//! (`queue::*`). The queue only orders who asks first: a lock still needs a quorum of `SET NX`.
+//! The retry pause is only a fallback bound. Auto-extended locks are renewed in batches of up to
+//! 100 per node and script call.
 //!
 //! # Fencing
 //!

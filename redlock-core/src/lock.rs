@@ -95,9 +95,9 @@ pub struct Release {
     pub released: usize,
     /// Nodes that answered but no longer held our token (it expired, or was never set there).
     pub absent: usize,
-    /// Nodes whose SET had not answered yet, and whose release (sent right behind that SET, on
-    /// the same connection) had not answered either when the other nodes had: each finishes in
-    /// the background.
+    /// Nodes whose SET had not answered yet and whose release (sent on the same connection once
+    /// that SET answers) was not done a quarter of the node timeout after the other nodes
+    /// answered: each finishes in the background.
     pub pending: usize,
     /// The quorum of the lock.
     pub quorum: usize,
@@ -293,9 +293,8 @@ impl Lock {
         // The votes stay in place until the release is done: if this future is dropped mid-way,
         // dropping the Lock hands what is left to a background task. A node whose SET has not
         // answered yet (a straggler of a vote decided at quorum) is released in the same round,
-        // right behind that SET on the same connection; if that release has not answered when
-        // the other nodes have, it finishes in the background, so this call costs one round
-        // trip to the nodes that answered.
+        // as soon as that SET answers, on the same connection; if that takes more than a quarter
+        // of the node timeout beyond the other nodes, it finishes in the background.
         let tally = votes
             .release_settled(&state.shared, &state.keys, &state.value, true, false)
             .await;

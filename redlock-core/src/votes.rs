@@ -83,6 +83,9 @@ pub(crate) struct Votes {
     busy: usize,
     /// Our place in the key's wait queue, when the sequencer node refused us for it.
     queued: Option<u32>,
+    /// The key's sequencer node: polled first, so its commands go out first. Its release is the
+    /// one that wakes the next waiter.
+    first: usize,
     /// What the unsent SETs of a sequenced attempt need; dropped once they are sent.
     rest: Option<Rest>,
     /// Failures seen so far, for the error of a failed attempt.
@@ -176,6 +179,7 @@ impl Votes {
         let n = shared.nodes.len();
         Votes {
             slots: (0..n).map(|_| Slot::Unsent).collect(),
+            first: sequencer(&keys[0], n),
             busy: 0,
             queued: None,
             rest: Some(Rest {
@@ -271,10 +275,11 @@ impl Votes {
         if self.unanswered() == 0 {
             return false;
         }
-        let slots = &mut self.slots;
+        let (slots, first) = (&mut self.slots, self.first);
         let (index, vote, link) = poll_fn(|cx| {
-            for (index, slot) in slots.iter_mut().enumerate() {
-                if let Slot::Pending { set, .. } = slot
+            let n = slots.len();
+            for index in (0..n).map(|i| (first + i) % n) {
+                if let Slot::Pending { set, .. } = &mut slots[index]
                     && let Poll::Ready((vote, link)) = set.as_mut().poll(cx)
                 {
                     return Poll::Ready((index, vote, link));
@@ -359,8 +364,9 @@ impl Votes {
 
     /// Compare-and-delete on every node where our token is or may be, in parallel: nodes that
     /// answered their SET, and stragglers (whose release goes out as soon as their SET answered,
-    /// on the same connection). Returns once every answered node has answered the release;
-    /// unless `wait_stragglers`, a straggler's release still in flight then stays in its slot ([`pending`](Votes::pending)) for
+    /// on the same connection). Returns once every answered node has answered the release and
+    /// stragglers had a quarter of the node timeout more; unless `wait_stragglers`, a
+    /// straggler's release still in flight then stays in its slot ([`pending`](Votes::pending)) for
     /// [`release_in_background`](Votes::release_in_background). A node is marked released only
     /// once it answered: if this future is dropped mid-way, the releases in flight stay in their
     /// slots and are still owed.
@@ -378,18 +384,38 @@ impl Votes {
             self.start_release(shared, index, keys, value, announce);
         }
         let mut tally = ReleaseTally::default();
+        // Once every answered node answered, a straggler's release still gets a quarter of the
+        // node timeout: a healthy straggler is a moment behind, and finishing it here costs less
+        // than a background task (measured: +25 % cycles/s with 256 tasks). A frozen node is left
+        // to the background.
+        let mut cap: Option<tokio::time::Instant> = None;
         loop {
-            let waiting = self.slots.iter().any(|s| match s {
-                Slot::Releasing { straggler, .. } => wait_stragglers || !*straggler,
-                _ => false,
-            });
-            if !waiting {
+            let (mut settled, mut stragglers) = (false, false);
+            for slot in &self.slots {
+                match slot {
+                    Slot::Releasing {
+                        straggler: true, ..
+                    } => stragglers = true,
+                    Slot::Releasing { .. } => settled = true,
+                    _ => {}
+                }
+            }
+            if !settled && !stragglers {
                 break;
             }
-            let slots = &mut self.slots;
+            if !settled && !wait_stragglers {
+                let until = *cap.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + shared.settings.node_timeout / 4
+                });
+                if tokio::time::Instant::now() >= until {
+                    break;
+                }
+            }
+            let (slots, first) = (&mut self.slots, self.first);
             let next = poll_fn(|cx| {
-                for (index, slot) in slots.iter_mut().enumerate() {
-                    if let Slot::Releasing { release, .. } = slot
+                let n = slots.len();
+                for index in (0..n).map(|i| (first + i) % n) {
+                    if let Slot::Releasing { release, .. } = &mut slots[index]
                         && let Poll::Ready((result, link)) = release.as_mut().poll(cx)
                     {
                         return Poll::Ready((index, result, link));
@@ -397,7 +423,13 @@ impl Votes {
                 }
                 Poll::Pending
             });
-            let (index, result, link) = next.await;
+            let (index, result, link) = match cap {
+                Some(until) => match tokio::time::timeout_at(until, next).await {
+                    Ok(reply) => reply,
+                    Err(_) => break,
+                },
+                None => next.await,
+            };
             match result {
                 Ok(released) => {
                     if released {
