@@ -241,6 +241,19 @@ impl Node {
         Ok(link)
     }
 
+    /// `link` if given, else a connection checked out; a failure is the vote of a SET that never
+    /// left.
+    async fn link_for_set(&self, link: Option<Link>) -> Result<Link, Vote> {
+        let link = match link {
+            Some(link) => return Ok(link),
+            None => self.link().await,
+        };
+        link.map_err(|error| {
+            debug!(node = %self.addr, %error, "no connection");
+            Vote::Failed { error, sent: false }
+        })
+    }
+
     /// A connection from the pool, bounded by the node timeout.
     async fn checkout(&self) -> Result<Link, NodeErrorKind> {
         let timeout = self.timeout;
@@ -304,16 +317,9 @@ impl Node {
         ttl: Duration,
         fenced: bool,
     ) -> (Vote, Option<Link>) {
-        let link = match link {
-            Some(link) => Ok(link),
-            None => self.link().await,
-        };
-        let link = match link {
+        let link = match self.link_for_set(link).await {
             Ok(link) => link,
-            Err(error) => {
-                debug!(node = %self.addr, %error, "no connection");
-                return (Vote::Failed { error, sent: false }, None);
-            }
+            Err(vote) => return (vote, None),
         };
         let mut conn = link.conn.clone();
         let ttl_ms = ttl_millis(ttl);
@@ -385,16 +391,9 @@ impl Node {
         ttl: Duration,
         fair: &Fair,
     ) -> (Vote, Option<Link>) {
-        let link = match link {
-            Some(link) => Ok(link),
-            None => self.link().await,
-        };
-        let link = match link {
+        let link = match self.link_for_set(link).await {
             Ok(link) => link,
-            Err(error) => {
-                debug!(node = %self.addr, %error, "no connection");
-                return (Vote::Failed { error, sent: false }, None);
-            }
+            Err(vote) => return (vote, None),
         };
         let [queue, leases] = scripts::wait_queue(key);
         let reply: Result<i64, _> = self

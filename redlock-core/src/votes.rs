@@ -276,16 +276,11 @@ impl Votes {
             return false;
         }
         let (slots, first) = (&mut self.slots, self.first);
-        let (index, vote, link) = poll_fn(|cx| {
-            let n = slots.len();
-            for index in (0..n).map(|i| (first + i) % n) {
-                if let Slot::Pending { set, .. } = &mut slots[index]
-                    && let Poll::Ready((vote, link)) = set.as_mut().poll(cx)
-                {
-                    return Poll::Ready((index, vote, link));
-                }
-            }
-            Poll::Pending
+        let (index, (vote, link)) = poll_fn(|cx| {
+            poll_slots(slots, first, |slot| match slot {
+                Slot::Pending { set } => set.as_mut().poll(cx),
+                _ => Poll::Pending,
+            })
         })
         .await;
         self.record(shared, index, vote, link);
@@ -413,17 +408,12 @@ impl Votes {
             }
             let (slots, first) = (&mut self.slots, self.first);
             let next = poll_fn(|cx| {
-                let n = slots.len();
-                for index in (0..n).map(|i| (first + i) % n) {
-                    if let Slot::Releasing { release, .. } = &mut slots[index]
-                        && let Poll::Ready((result, link)) = release.as_mut().poll(cx)
-                    {
-                        return Poll::Ready((index, result, link));
-                    }
-                }
-                Poll::Pending
+                poll_slots(slots, first, |slot| match slot {
+                    Slot::Releasing { release, .. } => release.as_mut().poll(cx),
+                    _ => Poll::Pending,
+                })
             });
-            let (index, result, link) = match cap {
+            let (index, (result, link)) = match cap {
                 Some(until) => match tokio::time::timeout_at(until, next).await {
                     Ok(reply) => reply,
                     Err(_) => break,
@@ -599,6 +589,22 @@ impl Votes {
             Err(_) => tracing::warn!("no tokio runtime: lock keys are left to expire by their ttl"),
         }
     }
+}
+
+/// Polls each slot with `poll`, the sequencer node's first (so its commands go out first); the
+/// first that is ready, with its index.
+fn poll_slots<T>(
+    slots: &mut [Slot],
+    first: usize,
+    mut poll: impl FnMut(&mut Slot) -> Poll<T>,
+) -> Poll<(usize, T)> {
+    let n = slots.len();
+    for index in (0..n).map(|i| (first + i) % n) {
+        if let Poll::Ready(ready) = poll(&mut slots[index]) {
+            return Poll::Ready((index, ready));
+        }
+    }
+    Poll::Pending
 }
 
 /// How a release went, node by node.
