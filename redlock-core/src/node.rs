@@ -406,7 +406,8 @@ impl Node {
                     .arg(ttl_millis(ttl))
                     .arg(&*fair.waiter)
                     .arg(ttl_millis(fair.lease))
-                    .arg(if fair.join { "1" } else { "0" });
+                    .arg(if fair.join { "1" } else { "0" })
+                    .arg(wall_clock_millis());
             })
             .await;
         let vote = match reply {
@@ -588,6 +589,14 @@ impl Node {
             Err(NodeErrorKind::Protocol(pong))
         }
     }
+}
+
+/// This machine's wall clock in ms since the Unix epoch (0 if it is set before 1970), for wait
+/// queue leases on nodes whose scripts see no clock.
+fn wall_clock_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds for PX / PEXPIRE; never 0, which Redis rejects.

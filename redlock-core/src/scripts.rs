@@ -80,7 +80,13 @@ pub(crate) fn wait_queue_list(lock_key: &str) -> String {
 /// "1", the waiter joins the queue (or renews its lease) and the script returns its 1-based
 /// place; with "0" it returns -1 and leaves no trace (a `try_lock`).
 ///
-/// KEYS: lock, queue list, lease hash. ARGV: token, ttl ms, waiter id, lease ms, join.
+/// Leases are judged by the node's clock (`TIME`); where a script sees no clock (Dragonfly
+/// answers `TIME` with zeros inside scripts), by the caller's wall clock, ARGV[6]. Clients whose
+/// clocks disagree by more than a lease may then drop a live waiter, who joins again at the end
+/// of the line: fairness suffers, never safety.
+///
+/// KEYS: lock, queue list, lease hash. ARGV: token, ttl ms, waiter id, lease ms, join, the
+/// caller's wall clock in ms.
 pub(crate) static FAIR_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"local me = ARGV[3]
@@ -89,6 +95,10 @@ local function clock()
     if not now then
         local t = redis.call("TIME")
         now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        if now == 0 then
+            -- Dragonfly answers TIME with zeros inside scripts: use the caller's clock.
+            now = tonumber(ARGV[6])
+        end
     end
     return now
 end
