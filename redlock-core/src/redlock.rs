@@ -442,11 +442,14 @@ impl Redlock {
                         // Held by another process: listen for its release, then try once more
                         // at once, in case it was released before we listened (unless we were
                         // listening all along: the channel was still subscribed).
-                        let listening = self
-                            .shared
-                            .notifier
-                            .watch(&target.keys, first, target.keys.len() == 1 && !fenced)
-                            .await;
+                        // The contended paths are boxed: the uncontended `lock` future stays
+                        // small, which shows with hundreds of tasks locking at once.
+                        let listening = Box::pin(self.shared.notifier.watch(
+                            &target.keys,
+                            first,
+                            target.keys.len() == 1 && !fenced,
+                        ))
+                        .await;
                         let fresh = listening.is_fresh();
                         watch = Some(listening);
                         if fresh {
@@ -464,15 +467,19 @@ impl Redlock {
                     }
                     match &watch {
                         Some(watch) => {
-                            tokio::select! {
-                                () = watch.notified() => {
-                                    debug!("woken by a release");
-                                    in_turn = true;
+                            let woken = Box::pin(async {
+                                tokio::select! {
+                                    () = watch.notified() => true,
+                                    () = tokio::time::sleep(pause) => false,
                                 }
-                                () = tokio::time::sleep(pause) => {}
+                            })
+                            .await;
+                            if woken {
+                                debug!("woken by a release");
+                                in_turn = true;
                             }
                         }
-                        None => tokio::time::sleep(pause).await,
+                        None => Box::pin(tokio::time::sleep(pause)).await,
                     }
                 }
                 Err(Error::Contended { key, .. }) => {
@@ -604,7 +611,7 @@ impl Redlock {
             votes.settle_node(&self.shared, first).await;
             if let Some(place) = votes.queued() {
                 *queued = Some(place);
-                return self.refuse(&mut guard, &target.name, keys, &value).await;
+                return Box::pin(self.refuse(&mut guard, &target.name, keys, &value)).await;
             }
         }
         if approach == Approach::Sequenced
@@ -661,9 +668,7 @@ impl Redlock {
                 // that did not answer) to a background task that releases each behind its own
                 // SET.
                 if let Some(votes) = guard.votes.as_mut() {
-                    votes
-                        .release_settled(&self.shared, keys, &value, false, false)
-                        .await;
+                    Box::pin(votes.release_settled(&self.shared, keys, &value, false, false)).await;
                 }
                 debug!(%error, "denied");
                 Err(error)
@@ -732,14 +737,14 @@ impl Redlock {
         // they still hold our token. Only a quorum of confirmations makes t a valid token.
         let granting = votes.granted_fences();
         let t = 1 + granting.iter().map(|(_, f)| *f).max().unwrap_or(0);
-        let results = join_all(granting.iter().map(|(index, _)| {
+        let results = Box::pin(join_all(granting.iter().map(|(index, _)| {
             let node = &self.shared.nodes[*index];
             async move {
                 node.publish_fence(key, value, t)
                     .await
                     .map_err(|k| node.error(k))
             }
-        }))
+        })))
         .await;
         let mut published = 0;
         let mut failures = Vec::new();
