@@ -184,3 +184,71 @@ async fn a_dead_waiter_loses_its_place_when_its_lease_runs_out() {
     .await;
     assert!(gone, "the dead entry left the sequencer node's queue");
 }
+
+/// The node that keeps a key's wait queue is down: waiting degrades to polling at the retry
+/// pause (nobody can stand in line or be woken), and the lock still changes hands through the
+/// other two nodes.
+#[tokio::test]
+async fn a_dead_sequencer_node_costs_only_the_order() {
+    let nodes = cluster(3);
+    // A resource whose sequencer is node 0 (FNV-1a of the key, modulo the node count).
+    let resource = (0..)
+        .map(|i| format!("orphaned-line-{i}"))
+        .find(|r| sequencer(&format!("redlock:{r}"), 3) == 0)
+        .unwrap();
+    nodes[0].kill().unwrap();
+    let holder = redlock(&nodes);
+    let held = holder
+        .lock(&resource)
+        .await
+        .expect("two nodes are a quorum");
+    let sets_before = set_calls(&nodes[1]);
+    let waiter = redlock_with(&nodes, |b| {
+        b.retry(Retry::new(1_000, Duration::from_millis(50), Duration::ZERO))
+    });
+    let waiting = {
+        let resource = resource.clone();
+        tokio::spawn(async move {
+            waiter
+                .lock_with(&resource, LockOptions::new().wait(Duration::from_secs(10)))
+                .await
+        })
+    };
+    // The waiter has asked (and been refused) before the holder lets go.
+    assert!(
+        eventually(Duration::from_secs(5), || set_calls(&nodes[1])
+            > sets_before)
+        .await
+    );
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("served by the live nodes");
+    assert!(
+        released.elapsed() < Duration::from_secs(3),
+        "polling at the retry pause: {:?}",
+        released.elapsed()
+    );
+    let key = format!("redlock:{resource}");
+    for node in [&nodes[1], &nodes[2]] {
+        assert!(node.get(&key).unwrap().is_some(), "held on the live nodes");
+    }
+    lock.release().await.unwrap();
+}
+
+/// FNV-1a, as the client picks a key's sequencer node.
+fn sequencer(key: &str, nodes: u64) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) % nodes
+}
+
+/// How many `SET` commands `node` has run.
+fn set_calls(node: &redlock_tests::RedisNode) -> u64 {
+    let info = node.query(&["INFO", "commandstats"]).unwrap();
+    let text = info.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_set:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
