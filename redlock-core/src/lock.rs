@@ -10,14 +10,14 @@ use std::{
 };
 
 use futures_util::future::join_all;
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Mutex, Notify};
 use tracing::{debug, instrument, warn};
 
 use crate::{
     error::{Error, NodeError, Result},
     fencing::FencingToken,
     local::Turn,
-    lost::LockLost,
+    lost::{Deadline, LockLost},
     node::Keys,
     redlock::Shared,
     timing,
@@ -58,9 +58,9 @@ pub(crate) struct LockState {
     /// The token of the attempt that won; never shown in `Debug`.
     value: Arc<str>,
     fencing_token: Option<FencingToken>,
-    /// The current deadline. Every successful extension publishes a later one, a failed
-    /// extension with a shorter ttl an earlier one; [`LockLost`] futures watch it.
-    deadline: watch::Sender<Instant>,
+    /// The current deadline. Every successful extension sets a later one, a failed extension
+    /// with a shorter ttl an earlier one; [`LockLost`] futures watch it.
+    deadline: Deadline,
     /// The current lease length, in nanoseconds (what `extend` renews).
     ttl_nanos: AtomicU64,
     /// Per-node state of the winning attempt; `None` once released. The async mutex makes
@@ -145,7 +145,7 @@ macro_rules! getters {
         /// The monotonic instant until which the lock is held: `T1 + ttl − drift`, where `T1`
         /// was taken before the first byte of the last acquisition or extension was sent.
         pub fn deadline(&self) -> Instant {
-            *self.state.deadline.borrow()
+            self.state.deadline.get()
         }
 
         /// Time left before the deadline; zero once it passed.
@@ -169,7 +169,7 @@ macro_rules! getters {
         /// successful extension. Driven by this process's monotonic clock, so it fires even
         /// when every node is unreachable. Cheap to clone.
         pub fn lost(&self) -> LockLost {
-            LockLost::new(self.state.deadline.subscribe())
+            LockLost::new(self.state.clone())
         }
     };
 }
@@ -192,7 +192,7 @@ impl Lock {
         votes: Votes,
         fencing_token: Option<FencingToken>,
     ) -> Lock {
-        let (deadline, _) = watch::channel(deadline);
+        let deadline = Deadline::new(deadline);
         Lock {
             state: Arc::new(LockState {
                 shared,
@@ -338,7 +338,7 @@ impl LockState {
     fn fmt_fields(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let remaining = self
             .deadline
-            .borrow()
+            .get()
             .saturating_duration_since(Instant::now());
         f.debug_struct(name)
             .field("resources", &self.resources)
@@ -365,7 +365,11 @@ impl LockState {
     }
 
     pub(crate) fn deadline(&self) -> Instant {
-        *self.deadline.borrow()
+        self.deadline.get()
+    }
+
+    pub(crate) fn deadline_cell(&self) -> &Deadline {
+        &self.deadline
     }
 
     /// Waits for the SETs still unanswered when the lock was granted (bounded by the node
@@ -467,7 +471,7 @@ impl LockState {
         if late || extended < quorum {
             // Nodes that applied a shorter ttl now expire sooner than the old deadline.
             if new_deadline < old_deadline {
-                self.deadline.send_replace(new_deadline);
+                self.deadline.set(new_deadline);
             }
             warn!(key = %self.keys[0], extended, quorum, late, "extension failed");
             return Err(if late {
@@ -482,7 +486,7 @@ impl LockState {
                 }
             });
         }
-        self.deadline.send_replace(new_deadline);
+        self.deadline.set(new_deadline);
         self.ttl_nanos.store(nanos(ttl), Ordering::Relaxed);
         debug!(
             key = %self.keys[0],
