@@ -10,7 +10,7 @@ use std::{
 
 use redlock_core::{AutoExtend, Error, LockOptions};
 
-use crate::support::{cluster, eventually, key_count, redlock, redlock_with};
+use crate::support::{cluster, command_calls, eventually, key_count, redlock, redlock_with};
 
 /// `lost()` fires at the local deadline even when every node is unreachable: it needs no reply.
 #[tokio::test]
@@ -208,9 +208,9 @@ async fn auto_extension_batches_renewals_per_node() {
         lock.auto_extend(AutoExtend::new());
         locks.push(lock);
     }
-    let before = script_calls(&nodes[0]);
+    let before = command_calls(&nodes[0], "evalsha");
     tokio::time::sleep(ttl * 3).await;
-    let calls = script_calls(&nodes[0]) - before;
+    let calls = command_calls(&nodes[0], "evalsha") - before;
     assert!(locks.iter().all(|l| l.is_valid()), "no lock lost");
     // Unbatched this would be about 200 locks × 5 periods = 1000 calls.
     assert!(
@@ -220,15 +220,4 @@ async fn auto_extension_batches_renewals_per_node() {
     for lock in locks {
         lock.release().await.unwrap();
     }
-}
-
-/// `EVALSHA` calls a node has served so far.
-fn script_calls(node: &redlock_tests::RedisNode) -> i64 {
-    let info = node.query(&["INFO", "commandstats"]).unwrap();
-    let text = info.as_str().unwrap().to_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }

@@ -10,7 +10,7 @@ use std::{
 
 use redlock_core::{LockOptions, Redlock, Retry};
 
-use crate::support::{cluster, eventually, redlock, redlock_with};
+use crate::support::{cluster, command_calls, eventually, redlock, redlock_with};
 
 /// Entries in the wait queue of `key`, over every node (only its sequencer node keeps one).
 fn queued(nodes: &redlock_tests::Cluster, key: &str) -> i64 {
@@ -202,7 +202,7 @@ async fn a_dead_sequencer_node_costs_only_the_order() {
         .lock(&resource)
         .await
         .expect("two nodes are a quorum");
-    let sets_before = set_calls(&nodes[1]);
+    let sets_before = command_calls(&nodes[1], "set");
     let waiter = redlock_with(&nodes, |b| {
         b.retry(Retry::new(1_000, Duration::from_millis(50), Duration::ZERO))
     });
@@ -216,7 +216,7 @@ async fn a_dead_sequencer_node_costs_only_the_order() {
     };
     // The waiter has asked (and been refused) before the holder lets go.
     assert!(
-        eventually(Duration::from_secs(5), || set_calls(&nodes[1])
+        eventually(Duration::from_secs(5), || command_calls(&nodes[1], "set")
             > sets_before)
         .await
     );
@@ -240,15 +240,4 @@ fn sequencer(key: &str, nodes: u64) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     }) % nodes
-}
-
-/// How many `SET` commands `node` has run.
-fn set_calls(node: &redlock_tests::RedisNode) -> u64 {
-    let info = node.query(&["INFO", "commandstats"]).unwrap();
-    let text = info.as_str().unwrap_or_default().to_owned();
-    text.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_set:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
 }
