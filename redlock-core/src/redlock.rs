@@ -395,7 +395,6 @@ impl Redlock {
             join: true,
             lease: queue_lease(&retry),
         });
-        let first = sequencer(&target.keys[0], self.shared.nodes.len());
         let mut spot: Option<QueueSpot> = None;
         // Set when a message said our turn came (or the lock was released).
         let mut in_turn = false;
@@ -410,9 +409,9 @@ impl Redlock {
             };
             in_turn = false;
             let mut queued = None;
-            let fair = if sequenced { fair.clone() } else { None };
+            let ask = if sequenced { fair.clone() } else { None };
             match self
-                .attempt(&target, ttl, fenced, approach, fair, &mut queued)
+                .attempt(&target, ttl, fenced, approach, ask, &mut queued)
                 .await
             {
                 Ok(lock) => {
@@ -434,7 +433,7 @@ impl Redlock {
                         spot = Some(QueueSpot {
                             shared: self.shared.clone(),
                             key: target.keys[0].clone(),
-                            node: first,
+                            node: sequencer(&target.keys[0], self.shared.nodes.len()),
                             armed: true,
                         });
                     }
@@ -444,10 +443,11 @@ impl Redlock {
                         // listening all along: the channel was still subscribed).
                         // The contended paths are boxed: the uncontended `lock` future stays
                         // small, which shows with hundreds of tasks locking at once.
+                        let node = sequencer(&target.keys[0], self.shared.nodes.len());
                         let listening = Box::pin(self.shared.notifier.watch(
                             &target.keys,
-                            first,
-                            target.keys.len() == 1 && !fenced,
+                            node,
+                            fair.is_some(),
                         ))
                         .await;
                         let fresh = listening.is_fresh();
@@ -588,11 +588,10 @@ impl Redlock {
         // T1 is taken before the first byte leaves, so the time spent acquiring is subtracted
         // from the validity whatever happens while waiting for replies.
         let t1 = Instant::now();
-        let first = sequencer(&target.keys[0], self.shared.nodes.len());
         let votes = match approach {
             Approach::Parallel => Votes::send(&self.shared, keys, &value, ttl, fenced),
             Approach::Sequenced | Approach::InTurn => {
-                Votes::send_first(&self.shared, keys, &value, ttl, fenced, first, fair)
+                Votes::send_first(&self.shared, keys, &value, ttl, fenced, fair)
             }
         };
         let mut guard = AttemptGuard {
@@ -608,7 +607,7 @@ impl Redlock {
             // so the other nodes are asked at the same time. Its verdict is still awaited: the
             // lock is ours only in turn, never by a quorum of the other nodes alone.
             votes.send_rest(&self.shared);
-            votes.settle_node(&self.shared, first).await;
+            votes.settle_node(&self.shared, votes.first()).await;
             if let Some(place) = votes.queued() {
                 *queued = Some(place);
                 return Box::pin(self.refuse(&mut guard, &target.name, keys, &value)).await;

@@ -122,14 +122,14 @@ impl Votes {
         votes
     }
 
-    /// Prepares the SET to node `first` only; [`send_rest`](Votes::send_rest) prepares the
-    /// others.
+    /// Prepares the SET to the key's sequencer node only ([`first`](Votes::first));
+    /// [`send_rest`](Votes::send_rest) prepares the others.
     ///
     /// Used by waiters woken by a release: if they all sent to every node at once, their SETs
     /// would split the nodes between them and nobody would reach a quorum. Asking one node first
     /// (the same one for every client of a key) lets exactly one of them through.
     ///
-    /// With `fair`, node `first` is asked through the key's wait queue
+    /// With `fair`, that node is asked through the key's wait queue
     /// ([`Node::set_fair`](crate::node::Node::set_fair)): waiters then get the lock in the order
     /// they asked for it.
     pub(crate) fn send_first(
@@ -138,30 +138,16 @@ impl Votes {
         value: &Arc<str>,
         ttl: Duration,
         fenced: bool,
-        first: usize,
         fair: Option<Fair>,
     ) -> Votes {
         let mut votes = Votes::unsent(shared, keys, value, ttl, fenced);
-        match fair {
-            Some(fair) => votes.start_fair(shared, first, fair),
-            None => votes.start(shared, first),
-        }
+        votes.start(shared, votes.first, fair);
         votes
     }
 
-    fn start_fair(&mut self, shared: &Arc<Shared>, index: usize, fair: Fair) {
-        let Some(rest) = &self.rest else { return };
-        let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
-        let ttl = rest.ttl;
-        let link = shared.nodes[index].cached_link();
-        // Awaited at once by the caller (`first_is_busy`), so it needs no task even when a
-        // connection must be dialled first.
-        let set = async move {
-            shared.nodes[index]
-                .set_fair(link, &keys[0], &value, ttl, &fair)
-                .await
-        };
-        self.slots[index] = Slot::Pending { set: Box::pin(set) };
+    /// The key's sequencer node (see [`sequencer`]).
+    pub(crate) fn first(&self) -> usize {
+        self.first
     }
 
     /// Our place in the wait queue, when the sequencer node put us in line.
@@ -196,24 +182,28 @@ impl Votes {
     pub(crate) fn send_rest(&mut self, shared: &Arc<Shared>) {
         for index in 0..self.slots.len() {
             if matches!(self.slots[index], Slot::Unsent) {
-                self.start(shared, index);
+                self.start(shared, index, None);
             }
         }
         self.rest = None;
     }
 
-    fn start(&mut self, shared: &Arc<Shared>, index: usize) {
+    /// Prepares node `index`'s SET: through the wait queue with `fair`, plain otherwise.
+    fn start(&mut self, shared: &Arc<Shared>, index: usize, fair: Option<Fair>) {
         let Some(rest) = &self.rest else { return };
         let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
         let (ttl, fenced) = (rest.ttl, rest.fenced);
         let link = shared.nodes[index].cached_link();
-        let cached = link.is_some();
+        // A fair SET is awaited at once by the attempt, so it never needs a task.
+        let in_place = link.is_some() || fair.is_some();
         let set = async move {
-            shared.nodes[index]
-                .set_nx_px(link, &keys, &value, ttl, fenced)
-                .await
+            let node = &shared.nodes[index];
+            match fair {
+                Some(fair) => node.set_fair(link, &keys[0], &value, ttl, &fair).await,
+                None => node.set_nx_px(link, &keys, &value, ttl, fenced).await,
+            }
         };
-        let set: SetFuture = if cached {
+        let set: SetFuture = if in_place {
             // Its first poll queues the command on the connection; nothing else is awaited.
             Box::pin(set)
         } else {
