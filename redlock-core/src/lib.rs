@@ -109,6 +109,7 @@ mod builder;
 mod config;
 mod error;
 mod fencing;
+mod finisher;
 mod local;
 mod lock;
 mod lost;

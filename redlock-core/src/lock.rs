@@ -95,9 +95,10 @@ pub struct Release {
     pub released: usize,
     /// Nodes that answered but no longer held our token (it expired, or was never set there).
     pub absent: usize,
-    /// Nodes whose SET had not answered yet and whose release (sent on the same connection once
-    /// that SET answers) was not done a quarter of the node timeout after the other nodes
-    /// answered: each finishes in the background.
+    /// Nodes whose release had not answered when `release` returned: once a quorum deleted our
+    /// token, the others are not waited for; a node whose SET had not even answered (its
+    /// release goes out on the same connection once it does) is given a quarter of the node
+    /// timeout after the others. Each finishes in the background.
     pub pending: usize,
     /// The quorum of the lock.
     pub quorum: usize,
@@ -271,6 +272,11 @@ impl Lock {
     /// connection). A key holding another token is never touched. Bounded: a SET still unanswered
     /// is waited for at most its node timeout, and each release too.
     ///
+    /// Returns as soon as a quorum of nodes deleted our token: from then on nobody can see the
+    /// lock as held, and the remaining nodes finish in the background (counted in
+    /// [`Release::pending`]). When fewer than a quorum still held it, it waits for every node
+    /// so that [`Release::was_expired`] is accurate.
+    ///
     /// # Errors
     ///
     /// [`Error::NoQuorum`] when fewer than a quorum of nodes answered: the lock may still be held
@@ -291,12 +297,19 @@ impl Lock {
             });
         };
         // The votes stay in place until the release is done: if this future is dropped mid-way,
-        // dropping the Lock hands what is left to a background task. A node whose SET has not
-        // answered yet (a straggler of a vote decided at quorum) is released in the same round,
-        // as soon as that SET answers, on the same connection; if that takes more than a quarter
-        // of the node timeout beyond the other nodes, it finishes in the background.
+        // dropping the Lock hands what is left to a background task. Once a quorum deleted our
+        // token the lock is gone, and the other nodes finish in the background. A node whose SET
+        // has not answered yet (a straggler of a vote decided at quorum) is released in the same
+        // round, as soon as that SET answers, on the same connection.
         let tally = votes
-            .release_settled(&state.shared, &state.keys, &state.value, true, false)
+            .release_settled(
+                &state.shared,
+                &state.keys,
+                &state.value,
+                true,
+                false,
+                Some(state.shared.settings.quorum),
+            )
             .await;
         let pending = votes.pending();
         if let Some(rest) = guard.take() {

@@ -14,6 +14,7 @@ use crate::{
     config::{RedlockConfig, Settings},
     error::{Error, Result},
     fencing::FencingToken,
+    finisher::Finisher,
     local::LocalQueues,
     lock::Lock,
     node::{Fair, Keys, Node},
@@ -119,6 +120,8 @@ pub(crate) struct Shared {
     pub(crate) notifier: Arc<Notifier>,
     /// Batches the extensions of auto-extended locks.
     pub(crate) renewer: Renewer,
+    /// Finishes the node work nobody waits for (stragglers, dropped attempts).
+    pub(crate) finisher: Finisher,
 }
 
 impl fmt::Debug for Redlock {
@@ -216,6 +219,7 @@ impl Redlock {
                 settings,
                 local: Arc::default(),
                 renewer: Renewer::default(),
+                finisher: Finisher::default(),
             }),
         }
     }
@@ -667,7 +671,8 @@ impl Redlock {
                 // that did not answer) to a background task that releases each behind its own
                 // SET.
                 if let Some(votes) = guard.votes.as_mut() {
-                    Box::pin(votes.release_settled(&self.shared, keys, &value, false, false)).await;
+                    Box::pin(votes.release_settled(&self.shared, keys, &value, false, false, None))
+                        .await;
                 }
                 debug!(%error, "denied");
                 Err(error)
@@ -686,7 +691,7 @@ impl Redlock {
     ) -> Result<Lock> {
         if let Some(votes) = guard.votes.as_mut() {
             votes
-                .release_settled(&self.shared, keys, value, false, false)
+                .release_settled(&self.shared, keys, value, false, false, None)
                 .await;
         }
         Err(Error::Contended {

@@ -17,7 +17,6 @@ use std::{
 };
 
 use futures_util::FutureExt;
-use tracing::{Instrument, debug_span};
 
 use crate::{
     error::{NodeError, NodeErrorKind},
@@ -349,9 +348,11 @@ impl Votes {
 
     /// Compare-and-delete on every node where our token is or may be, in parallel: nodes that
     /// answered their SET, and stragglers (whose release goes out as soon as their SET answered,
-    /// on the same connection). Returns once every answered node has answered the release and
-    /// stragglers had a quarter of the node timeout more; unless `wait_stragglers`, a
-    /// straggler's release still in flight then stays in its slot ([`pending`](Votes::pending)) for
+    /// on the same connection). Returns as soon as `enough` nodes deleted our token (a held
+    /// lock's release: the lock is gone once a quorum deleted it, so waiting for the last node
+    /// only adds its latency), otherwise once every answered node has answered the release and
+    /// stragglers had a quarter of the node timeout more. Unless `wait_stragglers`, releases
+    /// still in flight then stay in their slots ([`pending`](Votes::pending)) for
     /// [`release_in_background`](Votes::release_in_background). A node is marked released only
     /// once it answered: if this future is dropped mid-way, the releases in flight stay in their
     /// slots and are still owed.
@@ -362,6 +363,7 @@ impl Votes {
         value: &Arc<str>,
         announce: bool,
         wait_stragglers: bool,
+        enough: Option<usize>,
     ) -> ReleaseTally {
         // Replies that arrived since the decision are as good as settled.
         self.drain(shared);
@@ -386,6 +388,9 @@ impl Votes {
                 }
             }
             if !settled && !stragglers {
+                break;
+            }
+            if enough.is_some_and(|enough| tally.released >= enough) {
                 break;
             }
             if !settled && !wait_stragglers {
@@ -515,7 +520,7 @@ impl Votes {
         value: &Arc<str>,
         announce: bool,
     ) -> ReleaseTally {
-        self.release_settled(shared, keys, value, announce, true)
+        self.release_settled(shared, keys, value, announce, true, None)
             .await
     }
 
@@ -549,9 +554,10 @@ impl Votes {
         })
     }
 
-    /// Hands the stragglers, the releases in flight and the doubtful nodes to a background task
-    /// (used when the caller will not wait, or is gone). Needs a tokio runtime; without one the
-    /// keys expire by ttl.
+    /// Hands the stragglers, the releases in flight and the doubtful nodes to the client's
+    /// [`Finisher`](crate::finisher::Finisher) (used when the caller will not wait, or is gone):
+    /// each node's release goes out as its slot allows (a straggler's behind its SET) and is
+    /// tried once. Needs a tokio runtime; without one the keys expire by ttl.
     pub(crate) fn release_in_background(
         mut self,
         shared: Arc<Shared>,
@@ -562,21 +568,24 @@ impl Votes {
         if self.is_clean() {
             return;
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(
-                    async move {
-                        let tally = self.release(&shared, &keys, &value, announce).await;
-                        tracing::debug!(
-                            released = tally.released,
-                            failed = tally.failures.len(),
-                            "background release"
-                        );
+        for index in 0..self.slots.len() {
+            self.start_release(&shared, index, &keys, &value, announce);
+        }
+        for (index, slot) in self.slots.into_iter().enumerate() {
+            if let Slot::Releasing { release, .. } = slot {
+                shared.finisher.hand(Box::pin(async move {
+                    match release.await {
+                        (Ok(released), _) => {
+                            tracing::debug!(node = index, released, "background release");
+                        }
+                        (Err(error), _) => tracing::debug!(
+                            node = index,
+                            %error,
+                            "background release failed: the key expires by its ttl"
+                        ),
                     }
-                    .instrument(debug_span!("redlock.release_background")),
-                );
+                }));
             }
-            Err(_) => tracing::warn!("no tokio runtime: lock keys are left to expire by their ttl"),
         }
     }
 }

@@ -52,9 +52,15 @@ async fn lock_many_is_all_or_nothing() {
         .unwrap();
     assert!(pttl > 20_000, "every key extended: {pttl}");
     let release = lock.release().await.unwrap();
-    assert_eq!(release.released, 3);
+    // `release` returns once a quorum answered; the last node finishes in the background.
+    assert_eq!(release.released + release.pending, 3, "{release:?}");
     for key in ["redlock:a", "redlock:b", "redlock:c"] {
-        assert_eq!(values(&nodes, key), vec![None, None, None]);
+        assert!(
+            eventually(Duration::from_secs(2), || values(&nodes, key)
+                == vec![None, None, None])
+            .await,
+            "{key} left behind"
+        );
     }
 }
 
