@@ -295,13 +295,23 @@ impl Node {
         link: &Link,
         cmd: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, NodeErrorKind> {
-        match tokio::time::timeout(self.timeout, cmd).await {
+        self.run_within(self.timeout, link, cmd).await
+    }
+
+    /// [`run`](Node::run) with another bound than the node timeout.
+    async fn run_within<T: redis::FromRedisValue>(
+        &self,
+        timeout: Duration,
+        link: &Link,
+        cmd: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, NodeErrorKind> {
+        match tokio::time::timeout(timeout, cmd).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 link.note(&e);
                 Err(NodeErrorKind::Redis(e))
             }
-            Err(_) => Err(NodeErrorKind::Timeout(self.timeout)),
+            Err(_) => Err(NodeErrorKind::Timeout(timeout)),
         }
     }
 
@@ -397,7 +407,7 @@ impl Node {
         };
         let [queue, leases] = scripts::wait_queue(key);
         let reply: Result<i64, _> = self
-            .eval(&link, &scripts::FAIR_ACQUIRE, true, |cmd| {
+            .eval(&link, &scripts::FAIR_ACQUIRE, true, self.timeout, |cmd| {
                 cmd.arg(3)
                     .arg(key)
                     .arg(&queue)
@@ -427,7 +437,7 @@ impl Node {
         let link = self.link().await?;
         let [queue, leases] = scripts::wait_queue(key);
         let _: i64 = self
-            .eval(&link, &scripts::LEAVE_QUEUE, true, |cmd| {
+            .eval(&link, &scripts::LEAVE_QUEUE, true, self.timeout, |cmd| {
                 cmd.arg(3).arg(key).arg(&queue).arg(&leases).arg(waiter);
             })
             .await?;
@@ -438,7 +448,8 @@ impl Node {
     /// `link` when given (to stay behind a doubtful SET on the same connection); a link whose
     /// connection dropped is replaced by a fresh one, since nothing more can arrive through it.
     /// `wake` says whom the release wakes here, and `queue` is the key's wait queue when this
-    /// node is its sequencer.
+    /// node is its sequencer. `timeout` bounds the wait for the answer: the node timeout when a
+    /// caller waits, longer in the background.
     #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn release(
         &self,
@@ -447,13 +458,26 @@ impl Node {
         token: &str,
         wake: Wake,
         queue: Option<&str>,
+        timeout: Duration,
     ) -> Result<bool, NodeErrorKind> {
         let mode = match wake {
             Wake::Nobody => "0",
             Wake::Everyone => "1",
             Wake::Head => "2",
         };
+        // One key that wakes nobody (the common case: every node but a lock's sequencer) takes
+        // the plain compare-and-delete, which costs the node less than the general script.
+        let plain = matches!((keys, wake, queue), ([_], Wake::Nobody, None));
+        let script = if plain {
+            &*scripts::RELEASE_ONE
+        } else {
+            &*scripts::RELEASE
+        };
         let args = |cmd: &mut Cmd| {
+            if plain {
+                cmd.arg(1).arg(keys).arg(token);
+                return;
+            }
             cmd.arg(keys.len() + usize::from(queue.is_some())).arg(keys);
             if let Some(queue) = queue {
                 cmd.arg(queue);
@@ -462,11 +486,11 @@ impl Node {
         };
         let n: i64 = match link {
             Some(link) if !link.broken.load(Ordering::Relaxed) => {
-                self.eval(link, &scripts::RELEASE, false, args).await?
+                self.eval(link, script, false, timeout, args).await?
             }
             _ => {
                 let link = self.link().await?;
-                self.eval(&link, &scripts::RELEASE, true, args).await?
+                self.eval(&link, script, true, timeout, args).await?
             }
         };
         Ok(n > 0)
@@ -482,7 +506,7 @@ impl Node {
     ) -> Result<bool, NodeErrorKind> {
         let link = self.link().await?;
         let n: i64 = self
-            .eval(&link, &scripts::EXTEND, true, |cmd| {
+            .eval(&link, &scripts::EXTEND, true, self.timeout, |cmd| {
                 cmd.arg(keys.len())
                     .arg(keys)
                     .arg(token)
@@ -502,7 +526,7 @@ impl Node {
     ) -> Result<Vec<bool>, NodeErrorKind> {
         let link = self.link().await?;
         let flags: Vec<i64> = self
-            .eval(&link, &scripts::EXTEND_BATCH, true, |cmd| {
+            .eval(&link, &scripts::EXTEND_BATCH, true, self.timeout, |cmd| {
                 cmd.arg(keys.len())
                     .arg(keys)
                     .arg(ttl_millis(ttl))
@@ -527,6 +551,7 @@ impl Node {
         link: &Link,
         script: &scripts::Lua,
         by_hash: bool,
+        timeout: Duration,
         args: impl Fn(&mut Cmd),
     ) -> Result<T, NodeErrorKind> {
         let command = |by_hash: bool| {
@@ -542,14 +567,15 @@ impl Node {
         };
         let mut conn = link.conn.clone();
         let result = self
-            .run(link, command(by_hash).query_async(&mut conn))
+            .run_within(timeout, link, command(by_hash).query_async(&mut conn))
             .await;
         match result {
             Err(NodeErrorKind::Redis(e))
                 if by_hash && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
             {
                 debug!(node = %self.addr, "script not cached on the node: sending its body");
-                self.run(link, command(false).query_async(&mut conn)).await
+                self.run_within(timeout, link, command(false).query_async(&mut conn))
+                    .await
             }
             other => other,
         }

@@ -26,6 +26,16 @@ use crate::{
     votes::Votes,
 };
 
+/// Pauses before a waiter whose turn came asks the nodes that were still held again (see
+/// `Redlock::attempt`): the previous holder's release is on its way to them.
+const IN_TURN_PAUSES: [Duration; 5] = [
+    Duration::ZERO,
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(4),
+    Duration::from_millis(8),
+];
+
 /// How often a waiter with others ahead of it in the wait queue asks again (it is woken when its
 /// turn comes; asking again only renews its place).
 const QUEUE_POLL: Duration = Duration::from_millis(100);
@@ -631,11 +641,38 @@ impl Redlock {
             }
             votes.send_rest(&self.shared);
         }
-        let outcome = match guard.votes.as_mut() {
+        let deadline = timing::deadline(t1, ttl, settings.drift(ttl));
+        let mut outcome = match guard.votes.as_mut() {
             Some(votes) => self.decide(votes, resource, &keys[0], &value, fenced).await,
             None => Err(Error::EmptyKey),
         };
-        let deadline = timing::deadline(t1, ttl, settings.drift(ttl));
+        if approach == Approach::InTurn
+            && let Some(votes) = guard.votes.as_mut()
+        {
+            // Our turn came and the sequencer node granted it, but other nodes still hold the
+            // previous holder's key: its release reached the sequencer node (which woke us)
+            // before them. Giving up here would hand our turn to the next waiter and put us to
+            // sleep for a whole pause, so those nodes are asked again, a few times, shortly.
+            for pause in IN_TURN_PAUSES {
+                if !matches!(outcome, Err(Error::Contended { .. }))
+                    || !votes.first_granted()
+                    || !timing::still_valid(deadline, Instant::now(), settings.min_validity)
+                {
+                    break;
+                }
+                if !pause.is_zero() {
+                    Box::pin(tokio::time::sleep(pause)).await;
+                }
+                if !votes.ask_busy_again(&self.shared) {
+                    break;
+                }
+                debug!(
+                    ?pause,
+                    "in turn, but other nodes are still held: asking them again"
+                );
+                outcome = self.decide(votes, resource, &keys[0], &value, fenced).await;
+            }
+        }
         let outcome = outcome.and_then(|fence| {
             if timing::still_valid(deadline, Instant::now(), settings.min_validity) {
                 Ok(fence)

@@ -36,8 +36,8 @@ impl Lua {
 /// waiter at the head of the queue on `<key>:released:<waiter>`.
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
 
-/// The body of [`RELEASE`], for the one place that must send it with `EVAL`: releasing behind a
-/// SET whose reply never came. That release may also never be answered in time, and EVALSHA's
+/// The body of [`RELEASE`]. Releases behind a SET whose reply never came are sent with `EVAL`
+/// and the body (of this script or of [`RELEASE_ONE`]). That release may also never be answered in time, and EVALSHA's
 /// NOSCRIPT fallback only happens when the client reads the reply; a node that resumes with an
 /// empty script cache would then drop the release and keep the orphan key.
 pub(crate) const RELEASE_LUA: &str = r#"local n = tonumber(ARGV[3])
@@ -57,6 +57,18 @@ if deleted > 0 and ARGV[2] ~= "0" and KEYS[n + 1] then
     end
 end
 return deleted"#;
+
+/// Compare-and-delete of one key that wakes nobody: [`RELEASE`] without its loop and
+/// announcements, for every node that is not the key's sequencer. KEYS: the lock key. ARGV: the
+/// token. Returns 1 when it deleted the key.
+pub(crate) static RELEASE_ONE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+end
+return 0"#,
+    )
+});
 
 /// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order and
 /// a hash of their leases (server time in ms). In Redis Cluster or Dragonfly cluster mode, put a

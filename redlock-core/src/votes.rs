@@ -26,6 +26,14 @@ use crate::{
     scripts,
 };
 
+/// How often a release that nobody waits for is tried before its key is left to expire.
+const BACKGROUND_TRIES: usize = 3;
+
+/// How long a release that nobody waits for may take once it is tried again. The node timeout
+/// bounds how long a caller waits; in the background only the key's expiry does, and an
+/// overloaded node that answers late still deletes the key sooner than its ttl would.
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// A node's `SET NX PX`, driven in place by whoever holds the [`Votes`]: the attempt while it
 /// decides, the lock's release, or a background task once nobody waits.
 type SetFuture = Pin<Box<dyn Future<Output = (Vote, Option<Link>)> + Send>>;
@@ -63,9 +71,11 @@ pub(crate) enum Slot {
 pub(crate) enum Holds {
     /// The node said OK.
     Yes,
-    /// The node said the key is someone else's, or the SET never left: our fresh token cannot be
-    /// there, so nothing needs releasing.
+    /// The SET never left, or its release answered: our token is not there, so nothing needs
+    /// releasing.
     No,
+    /// The node said the key is someone else's: our fresh token cannot be there either.
+    Busy,
     /// The SET was sent but no answer came back: it may have applied, or may still apply.
     Maybe,
 }
@@ -85,13 +95,14 @@ pub(crate) struct Votes {
     /// The key's sequencer node: polled first, so its commands go out first. Its release is the
     /// one that wakes the next waiter.
     first: usize,
-    /// What the unsent SETs of a sequenced attempt need; dropped once they are sent.
-    rest: Option<Rest>,
+    /// What the SETs need: those of a sequenced attempt are sent in two steps, and a waiter in
+    /// turn may ask a busy node again.
+    rest: Rest,
     /// Failures seen so far, for the error of a failed attempt.
     pub(crate) failures: Vec<NodeError>,
 }
 
-/// The parameters of SETs not sent yet.
+/// The parameters of the SETs.
 struct Rest {
     keys: Keys,
     value: Arc<str>,
@@ -167,12 +178,12 @@ impl Votes {
             first: sequencer(&keys[0], n),
             busy: 0,
             queued: None,
-            rest: Some(Rest {
+            rest: Rest {
                 keys: keys.clone(),
                 value: value.clone(),
                 ttl,
                 fenced,
-            }),
+            },
             failures: Vec::new(),
         }
     }
@@ -184,12 +195,11 @@ impl Votes {
                 self.start(shared, index, None);
             }
         }
-        self.rest = None;
     }
 
     /// Prepares node `index`'s SET: through the wait queue with `fair`, plain otherwise.
     fn start(&mut self, shared: &Arc<Shared>, index: usize, fair: Option<Fair>) {
-        let Some(rest) = &self.rest else { return };
+        let rest = &self.rest;
         let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
         let (ttl, fenced) = (rest.ttl, rest.fenced);
         let link = shared.nodes[index].cached_link();
@@ -285,12 +295,12 @@ impl Votes {
             }
             Vote::Busy => {
                 self.busy += 1;
-                Holds::No
+                Holds::Busy
             }
             Vote::Queued(place) => {
                 self.busy += 1;
                 self.queued = Some(place);
-                Holds::No
+                Holds::Busy
             }
             Vote::Failed { error, sent } => {
                 self.failures.push(shared.nodes[index].error(error));
@@ -453,15 +463,8 @@ impl Votes {
         announce: bool,
     ) {
         let slot = std::mem::replace(&mut self.slots[index], Slot::Unsent);
-        // The sequencer node of a single-key lock keeps its wait queue: its release wakes the
-        // head of that queue.
-        let on_sequencer = index == sequencer(&keys[0], self.slots.len());
-        let queued = keys.len() == 1 && on_sequencer;
-        let wake = match (on_sequencer, announce) {
-            (false, _) => Wake::Nobody,
-            (true, true) => Wake::Everyone,
-            (true, false) => Wake::Head,
-        };
+        let (wake, queued) = self.wakes(index, keys, announce);
+        let timeout = shared.settings.node_timeout;
         let (shared, keys, value) = (shared.clone(), keys.clone(), value.clone());
         self.slots[index] = match slot {
             Slot::Settled {
@@ -477,7 +480,14 @@ impl Votes {
                         let node = &shared.nodes[index];
                         let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
                         let result = node
-                            .release(link.as_ref(), &keys, &value, wake, queue.as_deref())
+                            .release(
+                                link.as_ref(),
+                                &keys,
+                                &value,
+                                wake,
+                                queue.as_deref(),
+                                timeout,
+                            )
                             .await;
                         (result, link)
                     }),
@@ -498,9 +508,12 @@ impl Votes {
                         Vote::Busy | Vote::Queued(_) | Vote::Failed { sent: false, .. } => {
                             Ok(false)
                         }
-                        Vote::Acquired(_) => node.release(None, &keys, &value, wake, queue).await,
+                        Vote::Acquired(_) => {
+                            node.release(None, &keys, &value, wake, queue, timeout)
+                                .await
+                        }
                         Vote::Failed { sent: true, .. } => {
-                            node.release(link.as_ref(), &keys, &value, wake, queue)
+                            node.release(link.as_ref(), &keys, &value, wake, queue, timeout)
                                 .await
                         }
                     };
@@ -510,6 +523,18 @@ impl Votes {
             },
             other => other,
         };
+    }
+
+    /// Whom node `index`'s release wakes, and whether it must look at the key's wait queue:
+    /// the sequencer node of a single-key lock keeps that queue, and its release wakes the head.
+    fn wakes(&self, index: usize, keys: &Keys, announce: bool) -> (Wake, bool) {
+        let on_sequencer = index == self.first;
+        let wake = match (on_sequencer, announce) {
+            (false, _) => Wake::Nobody,
+            (true, true) => Wake::Everyone,
+            (true, false) => Wake::Head,
+        };
+        (wake, keys.len() == 1 && on_sequencer)
     }
 
     /// Compare-and-delete everywhere our token is or may be, stragglers included.
@@ -547,11 +572,46 @@ impl Votes {
                 s,
                 Slot::Unsent
                     | Slot::Settled {
-                        holds: Holds::No,
+                        holds: Holds::No | Holds::Busy,
                         ..
                     }
             )
         })
+    }
+
+    /// Whether the key's sequencer node stored our token.
+    pub(crate) fn first_granted(&self) -> bool {
+        matches!(
+            self.slots.get(self.first),
+            Some(Slot::Settled {
+                holds: Holds::Yes,
+                ..
+            })
+        )
+    }
+
+    /// Sends the SET again to every node that said the key is someone else's; true if there was
+    /// one. Used by a waiter whose turn came: the previous holder's release reached the
+    /// sequencer node (which woke us) but not yet every other node. Each node's new SET goes
+    /// out only after its first one answered, so nothing is reordered, and the lock's validity
+    /// still counts from before the first SET.
+    pub(crate) fn ask_busy_again(&mut self, shared: &Arc<Shared>) -> bool {
+        let busy: Vec<usize> = (0..self.slots.len())
+            .filter(|index| {
+                matches!(
+                    self.slots[*index],
+                    Slot::Settled {
+                        holds: Holds::Busy,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        for &index in &busy {
+            self.busy -= 1;
+            self.start(shared, index, None);
+        }
+        !busy.is_empty()
     }
 
     /// Hands the stragglers, the releases in flight and the doubtful nodes to the client's
@@ -571,21 +631,48 @@ impl Votes {
         for index in 0..self.slots.len() {
             self.start_release(&shared, index, &keys, &value, announce);
         }
-        for (index, slot) in self.slots.into_iter().enumerate() {
-            if let Slot::Releasing { release, .. } = slot {
-                shared.finisher.hand(Box::pin(async move {
-                    match release.await {
-                        (Ok(released), _) => {
-                            tracing::debug!(node = index, released, "background release");
-                        }
-                        (Err(error), _) => tracing::debug!(
-                            node = index,
-                            %error,
-                            "background release failed: the key expires by its ttl"
-                        ),
+        for index in 0..self.slots.len() {
+            let slot = std::mem::replace(&mut self.slots[index], Slot::Unsent);
+            let Slot::Releasing { release, .. } = slot else {
+                continue;
+            };
+            let (wake, queued) = self.wakes(index, &keys, announce);
+            let (shared, keys, value) = (shared.clone(), keys.clone(), value.clone());
+            let finisher = &shared.clone().finisher;
+            finisher.hand(Box::pin(async move {
+                let (mut result, link) = release.await;
+                // Nobody waits for this one, and a key left behind blocks the resource for a
+                // whole ttl: a release that got no answer (an overloaded or restarting node; a
+                // command whose caller gave up before it was written is never sent) is tried
+                // again with a longer bound, on the same connection when it must follow a
+                // doubtful SET. Compare-and-delete is harmless to repeat.
+                let patient = shared.settings.node_timeout.max(BACKGROUND_TIMEOUT);
+                for _ in 1..BACKGROUND_TRIES {
+                    if result.is_ok() {
+                        break;
                     }
-                }));
-            }
+                    tokio::time::sleep(shared.settings.node_timeout).await;
+                    let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
+                    result = shared.nodes[index]
+                        .release(
+                            link.as_ref(),
+                            &keys,
+                            &value,
+                            wake,
+                            queue.as_deref(),
+                            patient,
+                        )
+                        .await;
+                }
+                match result {
+                    Ok(released) => tracing::debug!(node = index, released, "background release"),
+                    Err(error) => tracing::debug!(
+                        node = index,
+                        %error,
+                        "background release failed: the key expires by its ttl"
+                    ),
+                }
+            }));
         }
     }
 }

@@ -241,3 +241,42 @@ fn sequencer(key: &str, nodes: u64) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     }) % nodes
 }
+
+/// A waiter woken in turn whose other nodes still hold the previous key a moment longer (its
+/// release reached the sequencer node first) asks those nodes again instead of giving its turn
+/// away and sleeping for its pause (5 s here). The other nodes' keys are replaced here by a
+/// foreign value that expires 10 ms after the release: the waiter's first try finds them held.
+#[tokio::test]
+async fn a_waiter_in_turn_asks_again_the_nodes_the_release_has_not_reached() {
+    let nodes = cluster(3);
+    let resource = (0..)
+        .map(|i| format!("late-release-{i}"))
+        .find(|r| sequencer(&format!("redlock:{r}"), 3) == 0)
+        .unwrap();
+    let key = format!("redlock:{resource}");
+    let holder = redlock(&nodes);
+    let held = holder.lock(&resource).await.unwrap();
+    let waiter = patient(&nodes);
+    let waiting = {
+        let resource = resource.clone();
+        tokio::spawn(async move {
+            waiter
+                .lock_with(&resource, LockOptions::new().wait(Duration::from_secs(20)))
+                .await
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await);
+    for node in nodes.iter().skip(1) {
+        node.query(&["SET", &key, "previous-holder", "PX", "10"])
+            .unwrap();
+    }
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("served in turn");
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "kept its turn instead of sleeping for its pause: {:?}",
+        released.elapsed()
+    );
+    lock.release().await.unwrap();
+}
