@@ -23,8 +23,10 @@
 //! - `--node-timeout-ms N` our client's per-node timeout (default: the library's, 100 ms).
 //! - `--hold-here` run row D in this process rather than in a fresh child process per client and
 //!   round (which the bench starts with this flag and `REDLOCK_NODES` set to its nodes).
-//! - `--clients ours,floor` which clients to run (default both; one alone is handy under a
-//!   profiler such as `perf record`).
+//! - `--clients ours,floor,floor-q` which clients to run (default all; one alone is handy under a
+//!   profiler such as `perf record`). `floor-q` is the floor deciding at the quorum, the best any
+//!   Redlock client can do; it runs in rows A and B only, and its ratio to the floor is printed
+//!   in parentheses.
 //! - `--json PATH` write one JSON object per row to PATH; without it they go to stdout, each
 //!   line prefixed with `json `.
 //!
@@ -44,7 +46,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{FutureExt, future::join_all};
+use futures_util::{FutureExt, StreamExt, future::join_all, stream::FuturesUnordered};
 use redlock_core::{
     AutoExtend, Lock, Redlock, Retry,
     redis::{self, AsyncConnectionConfig, aio::MultiplexedConnection},
@@ -197,24 +199,28 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
     for row in &rows {
         let mut ours_rounds = Vec::new();
         let mut floor_rounds = Vec::new();
+        let mut quorum_rounds = Vec::new();
+        // The quorum-deciding floor is a reference for rows A and B only.
+        let mut names = vec!["ours", "floor"];
+        if matches!(row, Row::Throughput { .. }) {
+            names.push("floor-q");
+        }
+        names.retain(|name| args.clients.contains(name));
         for round in 0..args.rounds {
-            // Alternate which client goes first, so neither always runs on a warmer (or busier)
+            // Rotate which client goes first, so none always runs on a warmer (or busier)
             // machine.
-            for ours_turn in [round % 2 == 0, round % 2 != 0] {
-                if !args
-                    .clients
-                    .contains(&if ours_turn { "ours" } else { "floor" })
-                {
-                    continue;
-                }
-                let client = if ours_turn {
-                    Client::Ours(match row {
+            let mut order = names.clone();
+            order.rotate_left(round % names.len().max(1));
+            for name in order {
+                let ours_turn = name == "ours";
+                let client = match name {
+                    "ours" => Client::Ours(match row {
                         Row::Contended { .. } => ours_contended.clone(),
                         Row::Hold => ours_hold.clone(),
                         Row::Throughput { .. } => ours.clone(),
-                    })
-                } else {
-                    Client::Floor(floor.clone())
+                    }),
+                    "floor-q" => Client::QuorumFloor(floor.clone()),
+                    _ => Client::Floor(floor.clone()),
                 };
                 eprintln!(
                     "row {} round {}/{}: {}",
@@ -244,10 +250,10 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                 };
                 let left = floor.settle(own_nodes, ttl / 2).await?;
                 metrics.insert("leftover_keys", left as f64);
-                if ours_turn {
-                    ours_rounds.push(metrics);
-                } else {
-                    floor_rounds.push(metrics);
+                match name {
+                    "ours" => ours_rounds.push(metrics),
+                    "floor-q" => quorum_rounds.push(metrics),
+                    _ => floor_rounds.push(metrics),
                 }
             }
         }
@@ -255,6 +261,7 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
             row: *row,
             ours: aggregate(&ours_rounds),
             floor: aggregate(&floor_rounds),
+            quorum_floor: (!quorum_rounds.is_empty()).then(|| aggregate(&quorum_rounds)),
         });
     }
 
@@ -275,6 +282,7 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
             "nodes": urls.len(),
             "ours": r.ours,
             "floor": r.floor,
+            "quorum_floor": r.quorum_floor,
             "ratio_metric": metric,
             "ratio": ratio,
         });
@@ -303,6 +311,8 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
 enum Client {
     Ours(Redlock),
     Floor(Floor),
+    /// The floor deciding at the quorum (rows A and B only): the best a Redlock client can do.
+    QuorumFloor(Floor),
 }
 
 /// A lock held by either client.
@@ -316,6 +326,7 @@ impl Client {
         match self {
             Client::Ours(_) => "ours",
             Client::Floor(_) => "floor",
+            Client::QuorumFloor(_) => "floor-q",
         }
     }
 
@@ -327,6 +338,7 @@ impl Client {
                 Err(_) => false,
             },
             Client::Floor(floor) => floor.cycle(resource, TTL).await,
+            Client::QuorumFloor(floor) => floor.cycle_quorum(resource, TTL).await,
         }
     }
 
@@ -338,14 +350,18 @@ impl Client {
                 lock = redlock.lock(resource) => lock.map(|l| Some(Held::Ours(l))).map_err(|_| ()),
                 () = tokio::time::sleep_until(end.into()) => Ok(None),
             },
-            Client::Floor(floor) => Ok(floor.poll_until(resource, TTL, end).await.map(Held::Floor)),
+            Client::Floor(floor) | Client::QuorumFloor(floor) => {
+                Ok(floor.poll_until(resource, TTL, end).await.map(Held::Floor))
+            }
         }
     }
 
     async fn release(&self, held: Held) -> bool {
         match (self, held) {
             (_, Held::Ours(lock)) => lock.release().await.is_ok(),
-            (Client::Floor(floor), Held::Floor(lock)) => floor.release(&lock).await == 0,
+            (Client::Floor(floor) | Client::QuorumFloor(floor), Held::Floor(lock)) => {
+                floor.release(&lock).await == 0
+            }
             (Client::Ours(_), Held::Floor(_)) => false,
         }
     }
@@ -473,6 +489,76 @@ impl Floor {
         } else {
             Err(lock)
         }
+    }
+
+    /// One lock + release deciding at the quorum, the best a Redlock client can do: returns
+    /// from the SETs once a quorum said OK, and from the releases once those nodes answered. A
+    /// node still pending is left to a spawned task that releases it behind its own SET
+    /// (DESIGN.md §3.2 rule 7). No validity bookkeeping, no retries, no cancellation cleanup.
+    async fn cycle_quorum(&self, resource: &str, ttl: Duration) -> bool {
+        let key: Arc<str> = format!("{PREFIX}{resource}").into();
+        let token: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let mut sets: FuturesUnordered<_> = (0..self.conns.len())
+            .map(|node| {
+                let (mut conn, key, token) = (self.conns[node].clone(), key.clone(), token.clone());
+                async move {
+                    let reply = redis::cmd("SET")
+                        .arg(&*key)
+                        .arg(&*token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .query_async::<Option<String>>(&mut conn)
+                        .await;
+                    let vote = match reply {
+                        Ok(Some(_)) => Reply::Ok,
+                        Ok(None) => Reply::Held,
+                        Err(_) => Reply::Failed,
+                    };
+                    (node, vote)
+                }
+            })
+            .collect();
+        let (mut granted, mut to_release) = (0, Vec::with_capacity(self.conns.len()));
+        while granted < self.quorum
+            && let Some((node, vote)) = sets.next().await
+        {
+            granted += usize::from(vote == Reply::Ok);
+            if vote != Reply::Held {
+                to_release.push(node);
+            }
+        }
+        if !sets.is_empty() {
+            let floor = self.clone();
+            let (key, token) = (key.clone(), token.clone());
+            tokio::spawn(async move {
+                while let Some((node, vote)) = sets.next().await {
+                    if vote != Reply::Held {
+                        let _ = floor.release_node(node, &key, &token).await;
+                    }
+                }
+            });
+        }
+        let results = join_all(
+            to_release
+                .iter()
+                .map(|node| self.release_node(*node, &key, &token)),
+        )
+        .await;
+        granted >= self.quorum && results.iter().all(Result::is_ok)
+    }
+
+    /// Compare-and-delete on one node.
+    async fn release_node(&self, node: usize, key: &str, token: &str) -> redis::RedisResult<i64> {
+        let mut conn = self.conns[node].clone();
+        redis::cmd("EVALSHA")
+            .arg(&*self.release_sha)
+            .arg(1)
+            .arg(key)
+            .arg(token)
+            .query_async::<i64>(&mut conn)
+            .await
     }
 
     async fn cycle(&self, resource: &str, ttl: Duration) -> bool {
@@ -864,13 +950,15 @@ async fn hold(client: &Client, args: &Args) -> Result<Metrics, BoxError> {
                         lock.auto_extend(AutoExtend::new());
                         Held::Ours(lock)
                     }),
-                    Client::Floor(floor) => match floor.try_lock(&resource, ttl).await {
-                        Ok(lock) => Some(Held::Floor(lock)),
-                        Err(partial) => {
-                            floor.release(&partial).await;
-                            None
+                    Client::Floor(floor) | Client::QuorumFloor(floor) => {
+                        match floor.try_lock(&resource, ttl).await {
+                            Ok(lock) => Some(Held::Floor(lock)),
+                            Err(partial) => {
+                                floor.release(&partial).await;
+                                None
+                            }
                         }
-                    },
+                    }
                 };
                 match lock {
                     Some(lock) => mine.push(lock),
@@ -892,7 +980,7 @@ async fn hold(client: &Client, args: &Args) -> Result<Metrics, BoxError> {
     // it on every node every ttl/3. It counts a lock lost when an extension misses the quorum.
     let floor_lost = Arc::new(AtomicU64::new(0));
     let mut renewers = JoinSet::new();
-    if let Client::Floor(floor) = client {
+    if let Client::Floor(floor) | Client::QuorumFloor(floor) = client {
         let every = args.hold_ttl / 3;
         for lock in held.drain(..) {
             let Held::Floor(lock) = lock else { continue };
@@ -947,7 +1035,7 @@ async fn hold(client: &Client, args: &Args) -> Result<Metrics, BoxError> {
         .count();
     let lost = match client {
         Client::Ours(_) => invalid.max(lost_fired) as f64,
-        Client::Floor(_) => floor_lost.load(Ordering::Relaxed) as f64,
+        Client::Floor(_) | Client::QuorumFloor(_) => floor_lost.load(Ordering::Relaxed) as f64,
     };
     let locks = held.len() as f64;
 
@@ -1085,6 +1173,8 @@ struct RowResult {
     row: Row,
     ours: Metrics,
     floor: Metrics,
+    /// Rows A and B: the floor deciding at the quorum.
+    quorum_floor: Option<Metrics>,
 }
 
 impl RowResult {
@@ -1092,8 +1182,19 @@ impl RowResult {
     fn clients<'a>(&'a self, args: &Args) -> Vec<(&'static str, &'a Metrics)> {
         [("ours", &self.ours), ("floor", &self.floor)]
             .into_iter()
+            .chain(self.quorum_floor.iter().map(|m| ("floor-q", m)))
             .filter(|(name, _)| args.clients.contains(name))
             .collect()
+    }
+
+    /// `name`'s headline metric over the floor's.
+    fn ratio_of(&self, name: &str) -> f64 {
+        let metric = self.ratio().0;
+        let get = |m: &Metrics| m.get(metric).copied().unwrap_or(f64::NAN);
+        match name {
+            "floor-q" => self.quorum_floor.as_ref().map_or(f64::NAN, get) / get(&self.floor),
+            _ => get(&self.ours) / get(&self.floor),
+        }
     }
 
     /// The headline metric and ours/floor for it (for D, CPU: lower is better).
@@ -1132,10 +1233,10 @@ fn print_tables(results: &[RowResult], args: &Args) {
                     get(m, "cpu_us_per_cycle"),
                     get(m, "errors"),
                     get(m, "leftover_keys"),
-                    if name == "ours" {
-                        format!("**{:.2}×**", r.ratio().1)
-                    } else {
-                        String::new()
+                    match name {
+                        "ours" => format!("**{:.2}×**", r.ratio().1),
+                        "floor-q" => format!("({:.2}×)", r.ratio_of(name)),
+                        _ => String::new(),
                     },
                 );
             }
@@ -1231,7 +1332,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: bench [--rows A,B,C,D] [--secs N] [--warmup N] [--rounds R] \
-[--hold-locks N] [--hold-secs N] [--hold-ttl-ms N] [--node-timeout-ms N] [--clients ours,floor] [--hold-here] [--json PATH]";
+[--hold-locks N] [--hold-secs N] [--hold-ttl-ms N] [--node-timeout-ms N] [--clients ours,floor,floor-q] [--hold-here] [--json PATH]";
 
 impl Args {
     /// `None` when only the usage was asked for.
@@ -1246,7 +1347,7 @@ impl Args {
             hold_ttl: Duration::from_secs(3),
             node_timeout: None,
             hold_here: false,
-            clients: vec!["ours", "floor"],
+            clients: vec!["ours", "floor", "floor-q"],
             json: None,
         };
         let secs = |v: &str, max: f64| -> Result<Duration, String> {
@@ -1310,9 +1411,10 @@ impl Args {
                         match client {
                             "ours" => args.clients.push("ours"),
                             "floor" => args.clients.push("floor"),
+                            "floor-q" => args.clients.push("floor-q"),
                             _ => {
                                 return Err(format!(
-                                    "--clients takes ours, floor or both\n{USAGE}"
+                                    "--clients takes ours, floor and floor-q\n{USAGE}"
                                 ));
                             }
                         }
