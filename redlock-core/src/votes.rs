@@ -208,7 +208,8 @@ impl Votes {
         let set = async move {
             let node = &shared.nodes[index];
             match fair {
-                Some(fair) => node.set_fair(link, &keys[0], &value, ttl, &fair).await,
+                // Boxed: contended only, and the plain SET future stays small.
+                Some(fair) => Box::pin(node.set_fair(link, &keys[0], &value, ttl, &fair)).await,
                 None => node.set_nx_px(link, &keys, &value, ttl, fenced).await,
             }
         };
