@@ -110,6 +110,7 @@ mod config;
 mod error;
 mod fencing;
 mod finisher;
+mod load;
 mod local;
 mod lock;
 mod lost;

@@ -15,6 +15,7 @@ use crate::{
     error::{Error, Result},
     fencing::FencingToken,
     finisher::Finisher,
+    load::Load,
     local::LocalQueues,
     lock::Lock,
     node::{Fair, Keys, Node},
@@ -132,6 +133,8 @@ pub(crate) struct Shared {
     pub(crate) renewer: Renewer,
     /// Finishes the node work nobody waits for (stragglers, dropped attempts).
     pub(crate) finisher: Finisher,
+    /// The `lock` and `release` calls in flight.
+    pub(crate) load: Load,
 }
 
 impl fmt::Debug for Redlock {
@@ -230,6 +233,7 @@ impl Redlock {
                 local: Arc::default(),
                 renewer: Renewer::default(),
                 finisher: Finisher::default(),
+                load: Load::default(),
             }),
         }
     }
@@ -378,6 +382,7 @@ impl Redlock {
 
     #[instrument(level = "debug", skip_all, fields(key = %resources.first().map(String::as_str).unwrap_or("")))]
     async fn lock_resources(&self, resources: Vec<String>, options: LockOptions) -> Result<Lock> {
+        let _entered = self.shared.load.enter();
         let retry = options.retry.unwrap_or(self.shared.settings.retry);
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
@@ -563,6 +568,7 @@ impl Redlock {
         resource: &str,
         options: LockOptions,
     ) -> Result<Option<Lock>> {
+        let _entered = self.shared.load.enter();
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
         let target = self.target(vec![resource.to_owned()], ttl, fenced)?;
