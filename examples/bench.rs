@@ -454,24 +454,12 @@ impl Floor {
 
     /// Compare-and-delete on every node whose SET may have applied; returns the failures.
     async fn release(&self, lock: &FloorLock) -> usize {
-        let (key, token) = (lock.key.as_str(), lock.token.as_str());
         let results = join_all(
-            self.conns
+            lock.votes
                 .iter()
-                .zip(&lock.votes)
+                .enumerate()
                 .filter(|(_, vote)| **vote != Reply::Held)
-                .map(|(conn, _)| {
-                    let mut conn = conn.clone();
-                    async move {
-                        redis::cmd("EVALSHA")
-                            .arg(&*self.release_sha)
-                            .arg(1)
-                            .arg(key)
-                            .arg(token)
-                            .query_async::<i64>(&mut conn)
-                            .await
-                    }
-                }),
+                .map(|(node, _)| self.release_node(node, &lock.key, &lock.token)),
         )
         .await;
         results.iter().filter(|r| r.is_err()).count()

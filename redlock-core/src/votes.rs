@@ -464,9 +464,8 @@ impl Votes {
         announce: bool,
     ) {
         let slot = std::mem::replace(&mut self.slots[index], Slot::Unsent);
-        let (wake, queued) = self.wakes(index, keys, announce);
+        let undo = self.undo(shared, index, keys, value, announce);
         let timeout = shared.settings.node_timeout;
-        let (shared, keys, value) = (shared.clone(), keys.clone(), value.clone());
         self.slots[index] = match slot {
             Slot::Settled {
                 holds: holds @ (Holds::Yes | Holds::Maybe),
@@ -478,18 +477,7 @@ impl Votes {
                 let link = if holds == Holds::Maybe { link } else { None };
                 Slot::Releasing {
                     release: Box::pin(async move {
-                        let node = &shared.nodes[index];
-                        let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
-                        let result = node
-                            .release(
-                                link.as_ref(),
-                                &keys,
-                                &value,
-                                wake,
-                                queue.as_deref(),
-                                timeout,
-                            )
-                            .await;
+                        let result = undo.send(link.as_ref(), timeout).await;
                         (result, link)
                     }),
                     straggler: false,
@@ -501,22 +489,13 @@ impl Votes {
                 // (DESIGN.md §3.2 rule 7). Queueing it concurrently, right behind the unanswered
                 // SET, was measured to let it overtake the SET now and then.
                 release: Box::pin(async move {
-                    let node = &shared.nodes[index];
                     let (vote, link) = set.await;
-                    let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
-                    let queue = queue.as_deref();
                     let result = match vote {
                         Vote::Busy | Vote::Queued(_) | Vote::Failed { sent: false, .. } => {
                             Ok(false)
                         }
-                        Vote::Acquired(_) => {
-                            node.release(None, &keys, &value, wake, queue, timeout)
-                                .await
-                        }
-                        Vote::Failed { sent: true, .. } => {
-                            node.release(link.as_ref(), &keys, &value, wake, queue, timeout)
-                                .await
-                        }
+                        Vote::Acquired(_) => undo.send(None, timeout).await,
+                        Vote::Failed { sent: true, .. } => undo.send(link.as_ref(), timeout).await,
                     };
                     (result, link)
                 }),
@@ -526,16 +505,30 @@ impl Votes {
         };
     }
 
-    /// Whom node `index`'s release wakes, and whether it must look at the key's wait queue:
-    /// the sequencer node of a single-key lock keeps that queue, and its release wakes the head.
-    fn wakes(&self, index: usize, keys: &Keys, announce: bool) -> (Wake, bool) {
+    /// The release of our keys on node `index`. The sequencer node of a single-key lock keeps
+    /// the key's wait queue, and its release wakes the head of it (and, with `announce`, every
+    /// listener).
+    fn undo(
+        &self,
+        shared: &Arc<Shared>,
+        index: usize,
+        keys: &Keys,
+        value: &Arc<str>,
+        announce: bool,
+    ) -> NodeRelease {
         let on_sequencer = index == self.first;
-        let wake = match (on_sequencer, announce) {
-            (false, _) => Wake::Nobody,
-            (true, true) => Wake::Everyone,
-            (true, false) => Wake::Head,
-        };
-        (wake, keys.len() == 1 && on_sequencer)
+        NodeRelease {
+            shared: shared.clone(),
+            index,
+            keys: keys.clone(),
+            value: value.clone(),
+            wake: match (on_sequencer, announce) {
+                (false, _) => Wake::Nobody,
+                (true, true) => Wake::Everyone,
+                (true, false) => Wake::Head,
+            },
+            queued: keys.len() == 1 && on_sequencer,
+        }
     }
 
     /// Compare-and-delete everywhere our token is or may be, stragglers included.
@@ -637,33 +630,22 @@ impl Votes {
             let Slot::Releasing { release, .. } = slot else {
                 continue;
             };
-            let (wake, queued) = self.wakes(index, &keys, announce);
-            let (shared, keys, value) = (shared.clone(), keys.clone(), value.clone());
-            let finisher = &shared.clone().finisher;
-            finisher.hand(Box::pin(async move {
+            let undo = self.undo(&shared, index, &keys, &value, announce);
+            shared.finisher.hand(Box::pin(async move {
                 let (mut result, link) = release.await;
                 // Nobody waits for this one, and a key left behind blocks the resource for a
                 // whole ttl: a release that got no answer (an overloaded or restarting node; a
                 // command whose caller gave up before it was written is never sent) is tried
                 // again with a longer bound, on the same connection when it must follow a
                 // doubtful SET. Compare-and-delete is harmless to repeat.
-                let patient = shared.settings.node_timeout.max(BACKGROUND_TIMEOUT);
+                let node_timeout = undo.shared.settings.node_timeout;
                 for _ in 1..BACKGROUND_TRIES {
                     if result.is_ok() {
                         break;
                     }
-                    tokio::time::sleep(shared.settings.node_timeout).await;
-                    let queue = queued.then(|| scripts::wait_queue_list(&keys[0]));
-                    result = shared.nodes[index]
-                        .release(
-                            link.as_ref(),
-                            &keys,
-                            &value,
-                            wake,
-                            queue.as_deref(),
-                            patient,
-                        )
-                        .await;
+                    tokio::time::sleep(node_timeout).await;
+                    let patient = node_timeout.max(BACKGROUND_TIMEOUT);
+                    result = undo.send(link.as_ref(), patient).await;
                 }
                 match result {
                     Ok(released) => tracing::debug!(node = index, released, "background release"),
@@ -675,6 +657,35 @@ impl Votes {
                 }
             }));
         }
+    }
+}
+
+/// Everything a compare-and-delete of our keys on one node needs, owned, for the futures that
+/// send it later (behind a straggling SET, or again in the background).
+struct NodeRelease {
+    shared: Arc<Shared>,
+    index: usize,
+    keys: Keys,
+    value: Arc<str>,
+    wake: Wake,
+    /// The node keeps the key's wait queue.
+    queued: bool,
+}
+
+impl NodeRelease {
+    /// Sends it on `link` (or any connection), waiting for the answer up to `timeout`.
+    async fn send(&self, link: Option<&Link>, timeout: Duration) -> Result<bool, NodeErrorKind> {
+        let queue = self.queued.then(|| scripts::wait_queue_list(&self.keys[0]));
+        self.shared.nodes[self.index]
+            .release(
+                link,
+                &self.keys,
+                &self.value,
+                self.wake,
+                queue.as_deref(),
+                timeout,
+            )
+            .await
     }
 }
 
