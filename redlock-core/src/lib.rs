@@ -39,7 +39,9 @@
 //!   (`acquire::deadline_is_anchored_before_the_first_send`,
 //!   `acquire::slow_acquisition_without_enough_validity_is_refused_and_undone`).
 //! - The vote is decided as soon as its outcome is known, without waiting for a frozen node
-//!   (`acquire::quorum_decides_without_waiting_for_a_frozen_node`).
+//!   (`acquire::quorum_decides_without_waiting_for_a_frozen_node`); `release` returns once a
+//!   quorum deleted our token and finishes the other nodes in the background
+//!   (`release::release_returns_at_quorum_and_finishes_the_last_node_in_the_background`).
 //! - Two clients never hold the same resource at once while the nodes keep their keys
 //!   (`acquire::concurrent_clients_never_overlap`, `acquire::local_waiters_queue_fairly_and_never_overlap`).
 //! - A failed attempt releases every node it may have reached, including nodes that timed
