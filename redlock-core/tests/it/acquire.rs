@@ -136,14 +136,19 @@ async fn every_acquisition_stores_a_fresh_128_bit_token() {
     let mut seen = std::collections::HashSet::new();
     for _ in 0..20 {
         let lock = redlock.lock("token").await.unwrap();
-        // A quorum has the token when `lock` returns; a straggler may still be on its way.
+        // A quorum has the token when `lock` returns. The third node may still be on its way,
+        // or, now and then, hold the previous round's token for a moment: that round's SET to
+        // it can land after the check below saw the node empty (its release follows it, in the
+        // background).
         let stored: Vec<String> = crate::support::values(&nodes, "redlock:token")
             .into_iter()
             .flatten()
             .collect();
-        assert!(stored.len() >= 2);
-        let token = stored[0].clone();
-        assert!(stored.iter().all(|v| *v == token));
+        let token = stored
+            .iter()
+            .find(|v| stored.iter().filter(|w| w == v).count() >= 2)
+            .expect("a quorum stores one token")
+            .clone();
         assert_eq!(token.len(), 32);
         assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
         assert!(seen.insert(token), "token reused");
