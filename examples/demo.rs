@@ -276,8 +276,8 @@ async fn contend(
 }
 
 /// Releases `lock` and says what the nodes answered. The counts can add up to fewer than `nodes`:
-/// nodes known not to hold our token are not asked, and a node whose SET had not answered yet is
-/// released in the background.
+/// nodes known not to hold our token are not asked, and `release` returns once a quorum deleted
+/// it, leaving the others to finish in the background (`pending`).
 async fn report_release(who: &str, lock: Lock, nodes: usize) -> Result<(), redlock_core::Error> {
     let release = lock.release().await?;
     if release.was_expired() {
@@ -287,10 +287,11 @@ async fn report_release(who: &str, lock: Lock, nodes: usize) -> Result<(), redlo
         );
     } else {
         info!(
-            "{who} released: token deleted on {} of {nodes} nodes ({} already gone, {} unreachable)",
+            "{who} released: token deleted on {} of {nodes} nodes ({} already gone, {} unreachable, {} finishing in the background)",
             release.released,
             release.absent,
-            release.failures.len()
+            release.failures.len(),
+            release.pending
         );
     }
     Ok(())
