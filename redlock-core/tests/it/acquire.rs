@@ -10,7 +10,9 @@ use std::{
 
 use redlock_core::{Error, LockOptions, Retry};
 
-use crate::support::{Overlap, cluster, eventually, redlock, redlock_with, stall_all};
+use crate::support::{
+    Overlap, cluster, eventually, gone_everywhere, redlock, redlock_with, stall_all,
+};
 
 /// Rule 1 and 4: the deadline is `T1 + ttl − drift` with T1 taken before the first send, so time
 /// spent waiting for replies is subtracted from the validity. All nodes are stalled for 300 ms
@@ -63,13 +65,7 @@ async fn slow_acquisition_without_enough_validity_is_refused_and_undone() {
     let err = redlock.lock("slow").await.unwrap_err();
     assert!(matches!(err, Error::Expired { .. }), "{err:?}");
     // Settled nodes are released before `lock` returns, a straggler right behind its SET.
-    assert!(
-        eventually(Duration::from_secs(2), || crate::support::values(
-            &nodes,
-            "redlock:slow"
-        ) == vec![None, None, None])
-        .await
-    );
+    assert!(gone_everywhere(&nodes, "redlock:slow").await);
     stalls.into_iter().for_each(|h| h.join().unwrap());
 }
 
@@ -154,15 +150,7 @@ async fn every_acquisition_stores_a_fresh_128_bit_token() {
         assert!(seen.insert(token), "token reused");
         lock.release().await.unwrap();
         // A straggler's key is released in the background; wait for it before the next round.
-        assert!(
-            eventually(Duration::from_secs(2), || crate::support::values(
-                &nodes,
-                "redlock:token"
-            )
-            .iter()
-            .all(Option::is_none))
-            .await
-        );
+        assert!(gone_everywhere(&nodes, "redlock:token").await);
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use redlock_core::Error;
 
-use crate::support::{cluster, redlock, redlock_with, values};
+use crate::support::{cluster, gone_everywhere, redlock, redlock_with, stored_everywhere, values};
 
 /// Extension moves the deadline to `T1' + ttl − drift` and resets the expiry on the nodes.
 #[tokio::test]
@@ -38,12 +38,7 @@ async fn extend_never_recreates_a_missing_key() {
     let lock = redlock.lock("gone").await.unwrap();
     let before = lock.deadline();
     // Let a straggling SET land first, so the deletions below are final.
-    assert!(
-        crate::support::eventually(Duration::from_secs(2), || values(&nodes, "redlock:gone")
-            .iter()
-            .all(Option::is_some))
-        .await
-    );
+    assert!(stored_everywhere(&nodes, "redlock:gone").await);
     nodes[0].query(&["DEL", "redlock:gone"]).unwrap();
     nodes[1].query(&["DEL", "redlock:gone"]).unwrap();
     let err = lock.extend().await.unwrap_err();
@@ -82,12 +77,7 @@ async fn extend_after_the_deadline_fails_and_creates_nothing() {
     assert!(matches!(err, Error::Expired { .. }), "{err:?}");
     assert!(!lock.is_valid());
     // Whatever was left expires by itself; nothing was extended.
-    assert!(
-        crate::support::eventually(Duration::from_secs(2), || values(&nodes, "redlock:late")
-            .iter()
-            .all(Option::is_none))
-        .await
-    );
+    assert!(gone_everywhere(&nodes, "redlock:late").await);
     drop(lock);
 }
 

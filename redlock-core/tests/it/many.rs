@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use redlock_core::{Error, LockOptions, Retry};
 
-use crate::support::{cluster, eventually, redlock_with, values};
+use crate::support::{cluster, eventually, gone_everywhere, redlock_with, values};
 
 /// If any one resource is held elsewhere, none is taken: the script checks every key before
 /// setting any, so no node is left with a partial set.
@@ -16,22 +16,11 @@ async fn lock_many_is_all_or_nothing() {
     let err = redlock.lock_many(["a", "b", "c"]).await.unwrap_err();
     assert!(err.is_contended(), "{err:?}");
     for key in ["redlock:a", "redlock:c"] {
-        assert!(
-            eventually(Duration::from_secs(2), || values(&nodes, key)
-                .iter()
-                .all(Option::is_none))
-            .await,
-            "{key} untouched"
-        );
+        assert!(gone_everywhere(&nodes, key).await, "{key} untouched");
     }
     held.release().await.unwrap();
     // A straggler of the held lock is released in the background: let it go first.
-    assert!(
-        eventually(Duration::from_secs(2), || values(&nodes, "redlock:b")
-            .iter()
-            .all(Option::is_none))
-        .await
-    );
+    assert!(gone_everywhere(&nodes, "redlock:b").await);
     let lock = redlock.lock_many(["c", "a", "b", "a"]).await.unwrap();
     assert_eq!(lock.resources(), ["a", "b", "c"]);
     assert!(
@@ -55,12 +44,7 @@ async fn lock_many_is_all_or_nothing() {
     // `release` returns once a quorum answered; the last node finishes in the background.
     assert_eq!(release.released + release.pending, 3, "{release:?}");
     for key in ["redlock:a", "redlock:b", "redlock:c"] {
-        assert!(
-            eventually(Duration::from_secs(2), || values(&nodes, key)
-                == vec![None, None, None])
-            .await,
-            "{key} left behind"
-        );
+        assert!(gone_everywhere(&nodes, key).await, "{key} left behind");
     }
 }
 

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::support::{cluster, eventually, redlock, redlock_with, values};
+use crate::support::{
+    cluster, eventually, gone_everywhere, redlock, redlock_with, stored_everywhere, values,
+};
 
 /// A lock whose keys expired and were taken by someone else must not delete their keys: the
 /// release compares the stored value with our token on each node.
@@ -32,22 +34,13 @@ async fn release_deletes_our_key_everywhere() {
     let redlock = redlock(&nodes);
     let lock = redlock.lock("mine").await.unwrap();
     // A quorum answered before `lock` returned; the third SET lands a moment later.
-    assert!(
-        eventually(Duration::from_secs(2), || values(&nodes, "redlock:mine")
-            .iter()
-            .all(Option::is_some))
-        .await
-    );
+    assert!(stored_everywhere(&nodes, "redlock:mine").await);
     let release = lock.release().await.unwrap();
     // A node whose SET reply was still in flight is released right behind it, in the background.
     assert_eq!(release.released + release.pending, 3, "{release:?}");
     assert_eq!(release.absent, 0);
     assert!(!release.was_expired());
-    assert!(
-        eventually(Duration::from_secs(2), || values(&nodes, "redlock:mine")
-            == vec![None, None, None])
-        .await
-    );
+    assert!(gone_everywhere(&nodes, "redlock:mine").await);
 }
 
 /// Scripts run by EVALSHA; after `SCRIPT FLUSH` (as after a restart) the NOSCRIPT answer makes
@@ -78,11 +71,7 @@ async fn release_and_extend_survive_script_flush() {
     // `release` returns once a quorum answered; the last node finishes in the background.
     assert_eq!(release.released + release.pending, 3, "{release:?}");
     assert!(release.released >= 2, "{release:?}");
-    assert!(
-        eventually(Duration::from_secs(2), || values(&nodes, "redlock:flush")
-            == vec![None, None, None])
-        .await
-    );
+    assert!(gone_everywhere(&nodes, "redlock:flush").await);
 }
 
 /// A node restart kills its connections and empties its script cache (and, without persistence,
@@ -94,12 +83,7 @@ async fn release_and_extend_survive_a_node_restart() {
     let redlock = redlock(&nodes);
     let lock = redlock.lock("restart").await.unwrap();
     // The lock was decided at quorum: let the third SET land before node 0 goes away.
-    assert!(
-        eventually(Duration::from_secs(2), || values(&nodes, "redlock:restart")
-            .iter()
-            .all(Option::is_some))
-        .await
-    );
+    assert!(stored_everywhere(&nodes, "redlock:restart").await);
     nodes[0].restart().unwrap();
     lock.extend().await.expect("a quorum still holds our token");
     let release = lock.release().await.unwrap();
@@ -145,12 +129,7 @@ async fn release_returns_at_quorum_and_finishes_the_last_node_in_the_background(
     let nodes = cluster(3);
     let redlock = redlock_with(&nodes, |b| b.node_timeout(Duration::from_secs(2)));
     let lock = redlock.lock("late").await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(2), || values(&nodes, "redlock:late")
-            .iter()
-            .all(Option::is_some))
-        .await
-    );
+    assert!(stored_everywhere(&nodes, "redlock:late").await);
     nodes[2].pause().unwrap();
     let release = tokio::time::timeout(Duration::from_millis(500), lock.release())
         .await

@@ -50,6 +50,24 @@ pub(crate) async fn eventually(within: Duration, mut condition: impl FnMut() -> 
     }
 }
 
+/// Waits up to 2 s for every node to store `key`: `lock` returns at quorum, and the last SET
+/// lands a moment later.
+pub(crate) async fn stored_everywhere(cluster: &Cluster, key: &str) -> bool {
+    eventually(Duration::from_secs(2), || {
+        values(cluster, key).iter().all(Option::is_some)
+    })
+    .await
+}
+
+/// Waits up to 2 s for `key` to be gone from every node: `release` returns at quorum, and the
+/// last node follows in the background.
+pub(crate) async fn gone_everywhere(cluster: &Cluster, key: &str) -> bool {
+    eventually(Duration::from_secs(2), || {
+        values(cluster, key).iter().all(Option::is_none)
+    })
+    .await
+}
+
 /// Runs `DEBUG SLEEP secs` on every node at once, from threads, so the next commands queue
 /// behind it: a way to make every node slow without touching the client.
 pub(crate) fn stall_all(cluster: &Cluster, secs: f64) -> Vec<std::thread::JoinHandle<()>> {
