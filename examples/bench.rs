@@ -16,7 +16,8 @@
 //! Options:
 //!
 //! - `--rows A,B,C,D` rows to run (default all): A one client, sequential; B 32 and 256 tasks on
-//!   distinct keys; C 32 tasks contending for one key; D 10,000 auto-extended locks held at once.
+//!   distinct keys; C 32 tasks contending for one key (`C1` or `C32` alone runs one of its two
+//!   rows); D 10,000 auto-extended locks held at once.
 //! - `--secs N` measured seconds per row and client (default 3), after `--warmup N` (default 0.5).
 //! - `--rounds R` repeat every row R times and report medians (default 1).
 //! - `--hold-locks N`, `--hold-secs N`, `--hold-ttl-ms N` shape row D (defaults 10000, 30, 3000).
@@ -159,7 +160,7 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
     let ours_hold = builder().ttl(args.hold_ttl).build()?;
     // Row C32: one client per task, as 32 processes would be (own connections, own queues).
     let (mut ours_apart, mut floors_apart) = (Vec::new(), Vec::new());
-    if args.rows.iter().any(|r| r == "C") {
+    if args.rows.iter().any(|r| r == "C" || r == "C32") {
         for _ in 0..CONTENDERS {
             ours_apart.push(Client::Ours(builder().retry(forever).build()?));
             floors_apart.push(Client::Floor(Floor::connect(urls).await?));
@@ -190,6 +191,14 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                     clients: CONTENDERS,
                 });
             }
+            "C1" => rows.push(Row::Contended {
+                id: "C1",
+                clients: 1,
+            }),
+            "C32" => rows.push(Row::Contended {
+                id: "C32",
+                clients: CONTENDERS,
+            }),
             "D" => rows.push(Row::Hold),
             _ => unreachable!("rows are validated when parsed"),
         }
@@ -1377,9 +1386,11 @@ impl Args {
                         || args
                             .rows
                             .iter()
-                            .any(|r| !["A", "B", "C", "D"].contains(&r.as_str()))
+                            .any(|r| !["A", "B", "C", "C1", "C32", "D"].contains(&r.as_str()))
                     {
-                        return Err(format!("--rows takes a list of A, B, C, D\n{USAGE}"));
+                        return Err(format!(
+                            "--rows takes a list of A, B, C (or C1, C32), D\n{USAGE}"
+                        ));
                     }
                 }
                 "--secs" => args.secs = secs(&value, 600.0)?,
