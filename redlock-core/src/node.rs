@@ -16,14 +16,16 @@ use bb8_redis::{
     RedisConnectionManager, bb8,
     redis::{
         self, AsyncConnectionConfig, Client, Cmd, ErrorKind, IntoConnectionInfo, RedisError,
-        ServerErrorKind, aio::MultiplexedConnection,
+        ServerErrorKind, Value,
+        aio::{ConnectionLike, MultiplexedConnection},
     },
 };
-use tracing::{debug, instrument};
+use tracing::{Instrument, debug, instrument};
 
 use crate::{
     error::{Error, NodeError, NodeErrorKind, Redacted},
     fencing, scripts,
+    votes::SetFuture,
 };
 
 /// A connection checked out for one operation, with the flag that retires it from the pool.
@@ -41,6 +43,15 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// The vote of a SET sent on this link that came back with `err`.
+    fn failed(&self, err: RedisError) -> Vote {
+        self.note(&err);
+        Vote::Failed {
+            error: NodeErrorKind::Redis(err),
+            sent: true,
+        }
+    }
+
     fn note(&self, err: &RedisError) {
         if !err.is_timeout() && (err.is_connection_dropped() || err.is_unrecoverable_error()) {
             self.broken.store(true, Ordering::Relaxed);
@@ -385,6 +396,52 @@ impl Node {
         (vote, Some(link))
     }
 
+    /// The uncontended SET on a healthy connection at hand: `SET key token NX PX ttl`, built
+    /// here and sent by the returned future, which owns everything it needs. It does what
+    /// [`set_nx_px`](Node::set_nx_px) does for one key without fencing, as one flat future
+    /// without a reply string to allocate: every attempt sends one per node, so with hundreds
+    /// of tasks locking at once each layer and copy of it shows. Its `redlock.set` span is
+    /// attached only while it is enabled.
+    pub(crate) fn plain_set(&self, link: Link, key: &str, token: &str, ttl: Duration) -> SetFuture {
+        let mut set = Cmd::with_capacity(6, 64 + key.len() + token.len());
+        set.arg("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_millis(ttl));
+        let timeout = self.timeout;
+        let sending = async move {
+            let mut link = link;
+            let reply = tokio::time::timeout(timeout, link.conn.req_packed_command(&set)).await;
+            let vote = match reply {
+                Ok(Ok(value)) => match value.extract_error() {
+                    Ok(Value::Okay) => Vote::Acquired(None),
+                    Ok(Value::SimpleString(ok)) if ok == "OK" => Vote::Acquired(None),
+                    Ok(Value::Nil) => Vote::Busy,
+                    Ok(other) => Vote::Failed {
+                        error: NodeErrorKind::Protocol(format!("unexpected SET reply {other:?}")),
+                        sent: true,
+                    },
+                    Err(e) => link.failed(e),
+                },
+                Ok(Err(e)) => link.failed(e),
+                Err(_) => Vote::Failed {
+                    error: NodeErrorKind::Timeout(timeout),
+                    sent: true,
+                },
+            };
+            debug!(?vote, "set nx px");
+            (vote, Some(link))
+        };
+        let span = tracing::debug_span!("redlock.set", node = %self.addr);
+        if span.is_disabled() {
+            Box::pin(sending)
+        } else {
+            Box::pin(sending.instrument(span))
+        }
+    }
+
     /// A queued waiter's `SET NX PX` on the key's sequencer node
     /// ([`FAIR_ACQUIRE`](scripts::FAIR_ACQUIRE)): granted only in turn. With `fair.join`, a
     /// waiter that is refused takes (or keeps) its place in the queue for `fair.lease`.
@@ -446,7 +503,10 @@ impl Node {
     /// `wake` says whom the release wakes here, and `queue` is the key's wait queue when this
     /// node is its sequencer. `timeout` bounds the wait for the answer: the node timeout when a
     /// caller waits, longer in the background.
-    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
+    ///
+    /// Every lock sends one per node, so the common path is one flat future, like
+    /// [`plain_set`](Node::plain_set); its `release` span is attached by whoever boxes it
+    /// ([`release_span`](Node::release_span)).
     pub(crate) async fn release(
         &self,
         link: Option<&Link>,
@@ -469,28 +529,69 @@ impl Node {
         } else {
             &*scripts::RELEASE
         };
-        let args = |cmd: &mut Cmd| {
+        let command = |by_hash: bool| {
+            let (verb, code) = if by_hash {
+                ("EVALSHA", script.hash.as_str())
+            } else {
+                ("EVAL", script.body)
+            };
+            let mut cmd = Cmd::with_capacity(8, 96 + code.len());
+            cmd.arg(verb).arg(code);
             if plain {
                 cmd.arg(1).arg(keys).arg(token);
-                return;
+                return cmd;
             }
             cmd.arg(keys.len() + usize::from(queue.is_some())).arg(keys);
             if let Some(queue) = queue {
                 cmd.arg(queue);
             }
             cmd.arg(token).arg(mode).arg(keys.len());
+            cmd
         };
-        let n: i64 = match link {
-            Some(link) if !link.broken.load(Ordering::Relaxed) => {
-                self.eval(link, script, false, timeout, args).await?
-            }
-            _ => {
+        // Behind a doubtful SET the body goes with it (see `scripts::RELEASE_LUA`).
+        let (link, by_hash) = match link {
+            Some(link) if !link.broken.load(Ordering::Relaxed) => (link.clone(), false),
+            _ => match self.cached_link() {
+                Some(link) => (link, true),
                 // Boxed: off the common path (see `link_for_set`).
-                let link = Box::pin(self.link()).await?;
-                self.eval(&link, script, true, timeout, args).await?
+                None => (Box::pin(self.link()).await?, true),
+            },
+        };
+        let mut conn = link.conn.clone();
+        let cmd = command(by_hash);
+        let reply = match tokio::time::timeout(timeout, conn.req_packed_command(&cmd)).await {
+            Ok(Ok(value)) => value.extract_error(),
+            Ok(Err(e)) => Err(e),
+            Err(_) => return Err(NodeErrorKind::Timeout(timeout)),
+        };
+        let deleted = match reply {
+            Ok(Value::Int(n)) => n,
+            Ok(other) => {
+                return Err(NodeErrorKind::Protocol(format!(
+                    "unexpected release reply {other:?}"
+                )));
+            }
+            Err(e) if by_hash && e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                debug!(node = %self.addr, "script not cached on the node: sending its body");
+                let body = command(false);
+                Box::pin(Node::run_within(
+                    timeout,
+                    &link,
+                    body.query_async::<i64>(&mut conn),
+                ))
+                .await?
+            }
+            Err(e) => {
+                link.note(&e);
+                return Err(NodeErrorKind::Redis(e));
             }
         };
-        Ok(n > 0)
+        Ok(deleted > 0)
+    }
+
+    /// The span of a release on this node: `release`, with the node's address.
+    pub(crate) fn release_span(&self) -> tracing::Span {
+        tracing::debug_span!("release", node = %self.addr)
     }
 
     /// Compare-and-extend. `Ok(true)` when our token was there and its expiry is now `ttl`.

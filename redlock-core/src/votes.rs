@@ -17,6 +17,7 @@ use std::{
 };
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use crate::{
     error::{NodeError, NodeErrorKind},
@@ -36,7 +37,7 @@ const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A node's `SET NX PX`, driven in place by whoever holds the [`Votes`]: the attempt while it
 /// decides, the lock's release, or a background task once nobody waits.
-type SetFuture = Pin<Box<dyn Future<Output = (Vote, Option<Link>)> + Send>>;
+pub(crate) type SetFuture = Pin<Box<dyn Future<Output = (Vote, Option<Link>)> + Send>>;
 
 /// A node's release in flight, with the connection a doubtful SET went out on (kept in case the
 /// release fails and the node is still owed one).
@@ -200,9 +201,15 @@ impl Votes {
     /// Prepares node `index`'s SET: through the wait queue with `fair`, plain otherwise.
     fn start(&mut self, shared: &Arc<Shared>, index: usize, fair: Option<Fair>) {
         let rest = &self.rest;
+        let link = shared.nodes[index].cached_link();
+        if let (Some(link), None, false, [key]) = (&link, &fair, rest.fenced, &rest.keys[..]) {
+            // The common case: one key, no fencing, no queue, a connection at hand.
+            let set = shared.nodes[index].plain_set(link.clone(), key, &rest.value, rest.ttl);
+            self.slots[index] = Slot::Pending { set };
+            return;
+        }
         let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
         let (ttl, fenced) = (rest.ttl, rest.fenced);
-        let link = shared.nodes[index].cached_link();
         // A fair SET is awaited at once by the attempt, so it never needs a task.
         let in_place = link.is_some() || fair.is_some();
         let set = async move {
@@ -475,8 +482,9 @@ impl Votes {
                 // An answered SET leaves nothing in flight, so any connection will do; a
                 // doubtful one must be followed on its own connection.
                 let link = if holds == Holds::Maybe { link } else { None };
+                let span = shared.nodes[index].release_span();
                 Slot::Releasing {
-                    release: Box::pin(async move {
+                    release: traced(span, async move {
                         let result = undo.send(link.as_ref(), timeout).await;
                         (result, link)
                     }),
@@ -488,7 +496,7 @@ impl Votes {
                 // same connection: it can never reach the node before the SET does
                 // (DESIGN.md §3.2 rule 7). Queueing it concurrently, right behind the unanswered
                 // SET, was measured to let it overtake the SET now and then.
-                release: Box::pin(async move {
+                release: traced(shared.nodes[index].release_span(), async move {
                     let (vote, link) = set.await;
                     let result = match vote {
                         Vote::Busy | Vote::Queued(_) | Vote::Failed { sent: false, .. } => {
@@ -686,6 +694,19 @@ impl NodeRelease {
                 timeout,
             )
             .await
+    }
+}
+
+/// Boxes a node's release, inside `span` only while the span is enabled: an instrumented
+/// future is one more layer to poll and copy, for every node of every release.
+fn traced(
+    span: tracing::Span,
+    release: impl Future<Output = (Result<bool, NodeErrorKind>, Option<Link>)> + Send + 'static,
+) -> ReleaseFuture {
+    if span.is_disabled() {
+        Box::pin(release)
+    } else {
+        Box::pin(release.instrument(span))
     }
 }
 
