@@ -266,8 +266,11 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                 }
             }
         }
+        let metric = row.metric();
         results.push(RowResult {
             row: *row,
+            ratio_rounds: paired(&ours_rounds, &floor_rounds, metric),
+            quorum_ratio_rounds: paired(&quorum_rounds, &floor_rounds, metric),
             ours: aggregate(&ours_rounds),
             floor: aggregate(&floor_rounds),
             quorum_floor: (!quorum_rounds.is_empty()).then(|| aggregate(&quorum_rounds)),
@@ -294,6 +297,9 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
             "quorum_floor": r.quorum_floor,
             "ratio_metric": metric,
             "ratio": ratio,
+            "ratio_rounds": r.ratio_rounds,
+            "ratio_paired_median": paired_median(&r.ratio_rounds),
+            "quorum_ratio_rounds": r.quorum_ratio_rounds,
         });
         let _ = writeln!(lines, "{line}");
     }
@@ -688,6 +694,15 @@ enum Row {
 }
 
 impl Row {
+    /// The metric its ratio ours/floor is taken of (for D, CPU: lower is better).
+    fn metric(&self) -> &'static str {
+        match self {
+            Row::Throughput { .. } => "cycles_per_sec",
+            Row::Contended { .. } => "sections_per_sec",
+            Row::Hold => "cpu_pct_of_core",
+        }
+    }
+
     fn id(&self) -> &'static str {
         match self {
             Row::Throughput { id, .. } => id,
@@ -1172,6 +1187,41 @@ struct RowResult {
     floor: Metrics,
     /// Rows A and B: the floor deciding at the quorum.
     quorum_floor: Option<Metrics>,
+    /// Ours / floor of the headline metric within each round, where both ran back to back:
+    /// the machine's slow and fast phases hit both sides of a pair alike.
+    ratio_rounds: Vec<f64>,
+    /// The same for floor-q / floor.
+    quorum_ratio_rounds: Vec<f64>,
+}
+
+/// `a / b` of `metric` round by round (rounds where both ran).
+fn paired(a: &[Metrics], b: &[Metrics], metric: &str) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter_map(|(a, b)| Some(a.get(metric)? / b.get(metric)?))
+        .filter(|r| r.is_finite())
+        .collect()
+}
+
+/// The median of per-round ratios and their range, as `1.05 [0.93–1.21]`.
+fn spread(ratios: &[f64]) -> String {
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if ratios.is_empty() {
+        return String::new();
+    }
+    format!("{:.2} [{min:.2}–{max:.2}]", paired_median(ratios))
+}
+
+/// The median of per-round ratios (NaN without rounds).
+fn paired_median(ratios: &[f64]) -> f64 {
+    let mut sorted = ratios.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 impl RowResult {
@@ -1196,11 +1246,7 @@ impl RowResult {
 
     /// The headline metric and ours/floor for it (for D, CPU: lower is better).
     fn ratio(&self) -> (&'static str, f64) {
-        let metric = match self.row {
-            Row::Throughput { .. } => "cycles_per_sec",
-            Row::Contended { .. } => "sections_per_sec",
-            Row::Hold => "cpu_pct_of_core",
-        };
+        let metric = self.row.metric();
         let get = |m: &Metrics| m.get(metric).copied().unwrap_or(f64::NAN);
         (metric, get(&self.ours) / get(&self.floor))
     }
@@ -1215,13 +1261,13 @@ fn print_tables(results: &[RowResult], args: &Args) {
     if !throughput.is_empty() {
         println!("\n## A, B: lock + release of a fresh key per cycle\n");
         println!(
-            "| row | tasks | client | cycles/s | p50 ms | p99 ms | CPU µs/cycle | errors | leftover keys | ours/floor |"
+            "| row | tasks | client | cycles/s | p50 ms | p99 ms | CPU µs/cycle | errors | leftover keys | ours/floor | per round: median [range] |"
         );
-        println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|");
+        println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|");
         for r in throughput {
             for (name, m) in r.clients(args) {
                 println!(
-                    "| {} | {} | {name} | {:.0} | {:.3} | {:.3} | {:.1} | {} | {} | {} |",
+                    "| {} | {} | {name} | {:.0} | {:.3} | {:.3} | {:.1} | {} | {} | {} | {} |",
                     r.row.id(),
                     r.row.tasks(args),
                     get(m, "cycles_per_sec"),
@@ -1233,6 +1279,11 @@ fn print_tables(results: &[RowResult], args: &Args) {
                     match name {
                         "ours" => format!("**{:.2}×**", r.ratio().1),
                         "floor-q" => format!("({:.2}×)", r.ratio_of(name)),
+                        _ => String::new(),
+                    },
+                    match name {
+                        "ours" => spread(&r.ratio_rounds),
+                        "floor-q" => format!("({})", spread(&r.quorum_ratio_rounds)),
                         _ => String::new(),
                     },
                 );
@@ -1248,9 +1299,9 @@ fn print_tables(results: &[RowResult], args: &Args) {
             "\n## C: {CONTENDERS} tasks contend for one key (retry pause 5-10 ms, ~0 work inside)\n"
         );
         println!(
-            "| row | clients | client | sections/s | wait p50 ms | wait p99 ms | per task min / max | max/min | max holders at once | overlaps | errors | leftover keys | ours/floor |"
+            "| row | clients | client | sections/s | wait p50 ms | wait p99 ms | per task min / max | max/min | max holders at once | overlaps | errors | leftover keys | ours/floor | per round: median [range] |"
         );
-        println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     }
     for r in contended {
         let Row::Contended { clients, .. } = r.row else {
@@ -1258,7 +1309,7 @@ fn print_tables(results: &[RowResult], args: &Args) {
         };
         for (name, m) in r.clients(args) {
             println!(
-                "| {} | {clients} | {name} | {:.0} | {:.1} | {:.1} | {} / {} | {:.2} | {} | {} | {} | {} | {} |",
+                "| {} | {clients} | {name} | {:.0} | {:.1} | {:.1} | {} / {} | {:.2} | {} | {} | {} | {} | {} | {} |",
                 r.row.id(),
                 get(m, "sections_per_sec"),
                 get(m, "wait_p50_ms"),
@@ -1272,6 +1323,11 @@ fn print_tables(results: &[RowResult], args: &Args) {
                 get(m, "leftover_keys"),
                 if name == "ours" {
                     format!("**{:.2}×**", r.ratio().1)
+                } else {
+                    String::new()
+                },
+                if name == "ours" {
+                    spread(&r.ratio_rounds)
                 } else {
                     String::new()
                 },
