@@ -532,9 +532,14 @@ impl Redlock {
             .collect::<Result<Vec<_>>>()?
             .into();
         settings.check_ttl(ttl)?;
+        // One resource (nearly every lock): its name and queue are copies, not joins.
+        let (name, queue) = match (&resources[..], &keys[..]) {
+            ([resource], [key]) => (resource.clone(), key.clone()),
+            _ => (resources.join(","), keys.join("\u{0}")),
+        };
         Ok(Target {
-            name: resources.join(","),
-            queue: keys.join("\u{0}"),
+            name,
+            queue,
             resources,
             keys,
         })
