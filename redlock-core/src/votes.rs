@@ -93,8 +93,8 @@ pub(crate) struct Votes {
     busy: usize,
     /// Our place in the key's wait queue, when the sequencer node refused us for it.
     queued: Option<u32>,
-    /// The key's sequencer node: polled first, so its commands go out first. Its release is the
-    /// one that wakes the next waiter.
+    /// The key's sequencer node: polled last, so that its commands go out first (see
+    /// [`poll_slots`]). Its release is the one that wakes the next waiter.
     first: usize,
     /// What the SETs need: those of a sequenced attempt are sent in two steps, and a waiter in
     /// turn may ask a busy node again.
@@ -710,15 +710,24 @@ fn traced(
     }
 }
 
-/// Polls each slot with `poll`, the sequencer node's first (so its commands go out first); the
-/// first that is ready, with its index.
+/// Polls each slot with `poll`, the sequencer node's last; the first that is ready, with its
+/// index.
+///
+/// A command's first poll hands it to its connection's driver task and wakes that task. On a
+/// tokio worker the task woken last runs next (it takes the worker's LIFO slot; the others queue
+/// behind it), so polling the sequencer node last gets its command written first. That node is
+/// on the path of every hand-over between waiters: its release wakes the next one, and its
+/// verdict grants the turn. Measured on the benchmark's row C32 (32 processes contending): from
+/// a release to the next waiter's wake-up 101 µs instead of 112 µs, and 6 % more critical
+/// sections per second (mean of eight alternating runs each way; seven of the eight pairs
+/// favoured it).
 fn poll_slots<T>(
     slots: &mut [Slot],
     first: usize,
     mut poll: impl FnMut(&mut Slot) -> Poll<T>,
 ) -> Poll<(usize, T)> {
     let n = slots.len();
-    for index in (0..n).map(|i| (first + i) % n) {
+    for index in (1..=n).map(|i| (first + i) % n) {
         if let Poll::Ready(ready) = poll(&mut slots[index]) {
             return Poll::Ready((index, ready));
         }
