@@ -55,7 +55,9 @@
 //! - Dropping a `lock()` future at any point, or a `Lock`, leaves no key behind
 //!   (`cancel::dropped_acquisitions_leave_no_keys`, `cancel::dropped_lock_is_released_in_the_background`).
 //! - A minority of nodes down or paused costs at most the node timeout; a majority down fails
-//!   fast with per-node errors and never hangs (`faults::*`).
+//!   fast with per-node errors and never hangs (`faults::*`); a node that answers a SET with an
+//!   error is a failed vote, reported with its answer
+//!   (`faults::a_node_refusing_writes_is_a_failed_vote`).
 //! - [`Lock::lost`] fires at the deadline even with every node frozen; [`Redlock::run`] drops
 //!   the work when the lock is lost, releases on every exit path including panics, and
 //!   auto-extension holds a lock for ten ttls and stops at `max_hold` (`lifecycle::*`).

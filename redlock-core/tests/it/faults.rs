@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use redlock_core::{Error, Retry};
 
-use crate::support::{cluster, eventually, redlock_with};
+use crate::support::{cluster, eventually, gone_everywhere, redlock, redlock_with, values};
 
 /// With a minority of nodes killed, locks are still granted within a bounded time: the dead
 /// nodes cost at most one node timeout each attempt, in parallel.
@@ -135,5 +135,58 @@ async fn majority_paused_never_hangs() {
             .all(|n| n.keys("redlock:*").unwrap().is_empty()))
         .await,
         "late SETs released on resume"
+    );
+}
+
+/// A node that answers a SET with an error (here out of memory: `maxmemory` 1 byte, no
+/// eviction; a read-only replica listed by mistake answers the same way) is a failed vote, never
+/// a granted one: the other two still make a quorum, and the lock works. With two such nodes
+/// there is no quorum: a typed error that carries the nodes' answers, and the one SET that
+/// applied is undone.
+#[tokio::test]
+async fn a_node_refusing_writes_is_a_failed_vote() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let refuse_writes = |i: usize| {
+        nodes[i]
+            .query(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+            .unwrap();
+        nodes[i]
+            .query(&["CONFIG", "SET", "maxmemory", "1"])
+            .unwrap();
+    };
+    refuse_writes(2);
+    let lock = redlock
+        .lock("refused")
+        .await
+        .expect("two nodes make a quorum");
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let stored = values(&nodes, "redlock:refused");
+            stored[0].is_some() && stored[0] == stored[1]
+        })
+        .await,
+        "both healthy nodes hold the token"
+    );
+    assert_eq!(nodes[2].get("redlock:refused").unwrap(), None);
+    lock.release().await.unwrap();
+    assert!(gone_everywhere(&nodes, "redlock:refused").await);
+
+    refuse_writes(1);
+    let result = redlock.lock("refused").await;
+    let Err(Error::NoQuorum {
+        acquired, failures, ..
+    }) = &result
+    else {
+        panic!("expected NoQuorum, got {result:?}");
+    };
+    assert!(*acquired <= 1, "{result:?}");
+    assert!(
+        failures.iter().any(|f| f.to_string().contains("OOM")),
+        "the nodes' answers are reported: {failures:?}"
+    );
+    assert!(
+        gone_everywhere(&nodes, "redlock:refused").await,
+        "the SET on the healthy node is undone"
     );
 }
