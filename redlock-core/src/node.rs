@@ -530,13 +530,7 @@ impl Node {
             &*scripts::RELEASE
         };
         let command = |by_hash: bool| {
-            let (verb, code) = if by_hash {
-                ("EVALSHA", script.hash.as_str())
-            } else {
-                ("EVAL", script.body)
-            };
-            let mut cmd = Cmd::with_capacity(8, 96 + code.len());
-            cmd.arg(verb).arg(code);
+            let mut cmd = script.command(by_hash);
             if plain {
                 cmd.arg(1).arg(keys).arg(token);
                 return cmd;
@@ -653,13 +647,7 @@ impl Node {
         args: impl Fn(&mut Cmd),
     ) -> Result<T, NodeErrorKind> {
         let command = |by_hash: bool| {
-            let (verb, code) = if by_hash {
-                ("EVALSHA", script.hash.as_str())
-            } else {
-                ("EVAL", script.body)
-            };
-            let mut cmd = Cmd::with_capacity(8, 96 + code.len());
-            cmd.arg(verb).arg(code);
+            let mut cmd = script.command(by_hash);
             args(&mut cmd);
             cmd
         };

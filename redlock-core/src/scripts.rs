@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 
-use bb8_redis::redis::Script;
+use bb8_redis::redis::{Cmd, Script};
 
 /// A Lua script: its body and the SHA1 `EVALSHA` names it by.
 pub(crate) struct Lua {
@@ -21,6 +21,19 @@ impl Lua {
             body,
             hash: Script::new(body).get_hash().to_owned(),
         }
+    }
+
+    /// `EVALSHA <hash>` (`by_hash`) or `EVAL <body>`, sized for the keys and arguments the
+    /// caller appends next (`numkeys` first).
+    pub(crate) fn command(&self, by_hash: bool) -> Cmd {
+        let (verb, code) = if by_hash {
+            ("EVALSHA", self.hash.as_str())
+        } else {
+            ("EVAL", self.body)
+        };
+        let mut cmd = Cmd::with_capacity(8, 96 + code.len());
+        cmd.arg(verb).arg(code);
+        cmd
     }
 }
 
