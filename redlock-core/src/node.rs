@@ -374,23 +374,7 @@ impl Node {
                 Err(error) => Vote::Failed { error, sent: true },
             }
         } else {
-            // Sized up front: growing the command's buffers argument by argument costs more
-            // allocations than the rest of the SET.
-            let mut set = Cmd::with_capacity(6, 64 + keys[0].len() + token.len());
-            set.arg("SET")
-                .arg(&keys[0])
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms);
-            let reply = self
-                .run(&link, set.query_async::<Option<String>>(&mut conn))
-                .await;
-            match reply {
-                Ok(Some(_)) => Vote::Acquired(None),
-                Ok(None) => Vote::Busy,
-                Err(error) => Vote::Failed { error, sent: true },
-            }
+            return Node::send_set(link, set_command(&keys[0], token, ttl), self.timeout).await;
         };
         debug!(node = %self.addr, ?vote, "set nx px");
         (vote, Some(link))
@@ -403,43 +387,37 @@ impl Node {
     /// of tasks locking at once each layer and copy of it shows. Its `redlock.set` span is
     /// attached only while it is enabled.
     pub(crate) fn plain_set(&self, link: Link, key: &str, token: &str, ttl: Duration) -> SetFuture {
-        let mut set = Cmd::with_capacity(6, 64 + key.len() + token.len());
-        set.arg("SET")
-            .arg(key)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_millis(ttl));
-        let timeout = self.timeout;
-        let sending = async move {
-            let mut link = link;
-            let reply = tokio::time::timeout(timeout, link.conn.req_packed_command(&set)).await;
-            let vote = match reply {
-                Ok(Ok(value)) => match value.extract_error() {
-                    Ok(Value::Okay) => Vote::Acquired(None),
-                    Ok(Value::SimpleString(ok)) if ok == "OK" => Vote::Acquired(None),
-                    Ok(Value::Nil) => Vote::Busy,
-                    Ok(other) => Vote::Failed {
-                        error: NodeErrorKind::Protocol(format!("unexpected SET reply {other:?}")),
-                        sent: true,
-                    },
-                    Err(e) => link.failed(e),
-                },
-                Ok(Err(e)) => link.failed(e),
-                Err(_) => Vote::Failed {
-                    error: NodeErrorKind::Timeout(timeout),
-                    sent: true,
-                },
-            };
-            debug!(?vote, "set nx px");
-            (vote, Some(link))
-        };
+        let sending = Node::send_set(link, set_command(key, token, ttl), self.timeout);
         let span = tracing::debug_span!("redlock.set", node = %self.addr);
         if span.is_disabled() {
             Box::pin(sending)
         } else {
             Box::pin(sending.instrument(span))
         }
+    }
+
+    /// Sends `set` (a [`set_command`]) on `link` and waits up to `timeout` for its vote.
+    async fn send_set(mut link: Link, set: Cmd, timeout: Duration) -> (Vote, Option<Link>) {
+        let reply = tokio::time::timeout(timeout, link.conn.req_packed_command(&set)).await;
+        let vote = match reply {
+            Ok(Ok(value)) => match value.extract_error() {
+                Ok(Value::Okay) => Vote::Acquired(None),
+                Ok(Value::SimpleString(ok)) if ok == "OK" => Vote::Acquired(None),
+                Ok(Value::Nil) => Vote::Busy,
+                Ok(other) => Vote::Failed {
+                    error: NodeErrorKind::Protocol(format!("unexpected SET reply {other:?}")),
+                    sent: true,
+                },
+                Err(e) => link.failed(e),
+            },
+            Ok(Err(e)) => link.failed(e),
+            Err(_) => Vote::Failed {
+                error: NodeErrorKind::Timeout(timeout),
+                sent: true,
+            },
+        };
+        debug!(?vote, "set nx px");
+        (vote, Some(link))
     }
 
     /// A queued waiter's `SET NX PX` on the key's sequencer node
@@ -706,6 +684,19 @@ fn wall_clock_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `SET key token NX PX ttl`, sized up front: growing the command's buffers argument by
+/// argument costs more allocations than the rest of the SET.
+fn set_command(key: &str, token: &str, ttl: Duration) -> Cmd {
+    let mut set = Cmd::with_capacity(6, 64 + key.len() + token.len());
+    set.arg("SET")
+        .arg(key)
+        .arg(token)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_millis(ttl));
+    set
 }
 
 /// Milliseconds for PX / PEXPIRE; never 0, which Redis rejects.
