@@ -20,12 +20,12 @@ use bb8_redis::{
         aio::{ConnectionLike, MultiplexedConnection},
     },
 };
-use tracing::{Instrument, debug, instrument};
+use tracing::{debug, instrument};
 
 use crate::{
     error::{Error, NodeError, NodeErrorKind, Redacted},
     fencing, scripts,
-    votes::SetFuture,
+    votes::{SetFuture, traced},
 };
 
 /// A connection checked out for one operation, with the flag that retires it from the pool.
@@ -387,13 +387,10 @@ impl Node {
     /// of tasks locking at once each layer and copy of it shows. Its `redlock.set` span is
     /// attached only while it is enabled.
     pub(crate) fn plain_set(&self, link: Link, key: &str, token: &str, ttl: Duration) -> SetFuture {
-        let sending = Node::send_set(link, set_command(key, token, ttl), self.timeout);
-        let span = tracing::debug_span!("redlock.set", node = %self.addr);
-        if span.is_disabled() {
-            Box::pin(sending)
-        } else {
-            Box::pin(sending.instrument(span))
-        }
+        traced(
+            tracing::debug_span!("redlock.set", node = %self.addr),
+            Node::send_set(link, set_command(key, token, ttl), self.timeout),
+        )
     }
 
     /// Sends `set` (a [`set_command`]) on `link` and waits up to `timeout` for its vote.

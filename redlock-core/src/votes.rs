@@ -201,13 +201,15 @@ impl Votes {
     /// Prepares node `index`'s SET: through the wait queue with `fair`, plain otherwise.
     fn start(&mut self, shared: &Arc<Shared>, index: usize, fair: Option<Fair>) {
         let rest = &self.rest;
-        let link = shared.nodes[index].cached_link();
-        if let (Some(link), None, false, [key]) = (&link, &fair, rest.fenced, &rest.keys[..]) {
+        let link = match shared.nodes[index].cached_link() {
             // The common case: one key, no fencing, no queue, a connection at hand.
-            let set = shared.nodes[index].plain_set(link.clone(), key, &rest.value, rest.ttl);
-            self.slots[index] = Slot::Pending { set };
-            return;
-        }
+            Some(link) if fair.is_none() && !rest.fenced && rest.keys.len() == 1 => {
+                let set = shared.nodes[index].plain_set(link, &rest.keys[0], &rest.value, rest.ttl);
+                self.slots[index] = Slot::Pending { set };
+                return;
+            }
+            link => link,
+        };
         let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
         let (ttl, fenced) = (rest.ttl, rest.fenced);
         // A fair SET is awaited at once by the attempt, so it never needs a task.
@@ -697,16 +699,16 @@ impl NodeRelease {
     }
 }
 
-/// Boxes a node's release, inside `span` only while the span is enabled: an instrumented
-/// future is one more layer to poll and copy, for every node of every release.
-fn traced(
+/// Boxes a node's SET or release, inside `span` only while the span is enabled: an
+/// instrumented future is one more layer to poll and copy, for every node of every lock.
+pub(crate) fn traced<T>(
     span: tracing::Span,
-    release: impl Future<Output = (Result<bool, NodeErrorKind>, Option<Link>)> + Send + 'static,
-) -> ReleaseFuture {
+    work: impl Future<Output = T> + Send + 'static,
+) -> Pin<Box<dyn Future<Output = T> + Send>> {
     if span.is_disabled() {
-        Box::pin(release)
+        Box::pin(work)
     } else {
-        Box::pin(release.instrument(span))
+        Box::pin(work.instrument(span))
     }
 }
 
