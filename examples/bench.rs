@@ -15,8 +15,8 @@
 //!
 //! Options:
 //!
-//! - `--rows A,B,C,D` rows to run (default all): A one client, sequential; B 32 and 256 tasks on
-//!   distinct keys; C 32 tasks contending for one key (`C1` or `C32` alone runs one of its two
+//! - `--rows A,Ai,B,C,D` rows to run (default all): A one client, sequential; Ai row A with the
+//!   clients taking turns in 20 ms bursts within one run; B 32 and 256 tasks on distinct keys; C 32 tasks contending for one key (`C1` or `C32` alone runs one of its two
 //!   rows); D 10,000 auto-extended locks held at once.
 //! - `--secs N` measured seconds per row and client (default 3), after `--warmup N` (default 0.5).
 //! - `--rounds R` repeat every row R times and report medians (default 1).
@@ -24,10 +24,11 @@
 //! - `--node-timeout-ms N` our client's per-node timeout (default: the library's, 100 ms).
 //! - `--hold-here` run row D in this process rather than in a fresh child process per client and
 //!   round (which the bench starts with this flag and `REDLOCK_NODES` set to its nodes).
-//! - `--clients ours,floor,floor-q` which clients to run (default all; one alone is handy under a
-//!   profiler such as `perf record`). `floor-q` is the floor deciding at the quorum, the best any
-//!   Redlock client can do; it runs in rows A and B only, and its ratio to the floor is printed
-//!   in parentheses.
+//! - `--clients ours,floor,floor-q,ping-q` which clients to run (default all; one alone is handy
+//!   under a profiler such as `perf record`). `floor-q` is the floor deciding at the quorum, the
+//!   best any Redlock client can do; it runs in rows A, Ai and B, and its ratio to the floor is
+//!   printed in parentheses. `ping-q` (row Ai only) is two quorum rounds of `PING`: the round
+//!   trips of a cycle without its commands, the bound of row A on these nodes.
 //! - `--json PATH` write one JSON object per row to PATH; without it they go to stdout, each
 //!   line prefixed with `json `.
 //!
@@ -69,6 +70,8 @@ const TTL: Duration = Duration::from_secs(10);
 const MAX_CYCLES: u64 = 10_000_000;
 /// Concurrency used to take and release the locks of row D.
 const HOLD_WORKERS: usize = 64;
+/// Length of one client's turn in row Ai.
+const BURST: Duration = Duration::from_millis(20);
 /// Tasks contending in row C.
 const CONTENDERS: usize = 32;
 /// Row C retry pause, for ours and the floor alike: 5 ms plus up to 5 ms of jitter.
@@ -171,6 +174,7 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
     for id in &args.rows {
         match id.as_str() {
             "A" => rows.push(Row::Throughput { id: "A", tasks: 1 }),
+            "AI" => rows.push(Row::Interleaved),
             "B" => {
                 rows.push(Row::Throughput {
                     id: "B32",
@@ -209,13 +213,48 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
         let mut ours_rounds = Vec::new();
         let mut floor_rounds = Vec::new();
         let mut quorum_rounds = Vec::new();
-        // The quorum-deciding floor is a reference for rows A and B only.
+        let mut ping_rounds = Vec::new();
+        // The quorum-deciding floor is a reference for rows A and B only, ping-q for Ai only.
         let mut names = vec!["ours", "floor"];
-        if matches!(row, Row::Throughput { .. }) {
+        if matches!(row, Row::Throughput { .. } | Row::Interleaved) {
             names.push("floor-q");
+        }
+        if matches!(row, Row::Interleaved) {
+            names.push("ping-q");
         }
         names.retain(|name| args.clients.contains(name));
         for round in 0..args.rounds {
+            if matches!(row, Row::Interleaved) {
+                // All clients in one run, taking turns; the rotation is inside.
+                let clients: Vec<Client> = names
+                    .iter()
+                    .map(|name| match *name {
+                        "ours" => Client::Ours(ours.clone()),
+                        "floor-q" => Client::QuorumFloor(floor.clone()),
+                        "ping-q" => Client::PingQuorum(floor.clone()),
+                        _ => Client::Floor(floor.clone()),
+                    })
+                    .collect();
+                eprintln!(
+                    "row Ai round {}/{}: {}",
+                    round + 1,
+                    args.rounds,
+                    names.join(", ")
+                );
+                let measured = interleaved(&clients, args).await;
+                // Leftovers cannot be told apart by client here: every client reports them.
+                let left = floor.settle(own_nodes, TTL / 2).await?;
+                for (name, mut metrics) in names.iter().zip(measured) {
+                    metrics.insert("leftover_keys", left as f64);
+                    match *name {
+                        "ours" => ours_rounds.push(metrics),
+                        "floor-q" => quorum_rounds.push(metrics),
+                        "ping-q" => ping_rounds.push(metrics),
+                        _ => floor_rounds.push(metrics),
+                    }
+                }
+                continue;
+            }
             // Rotate which client goes first, so none always runs on a warmer (or busier)
             // machine.
             let mut order = names.clone();
@@ -226,7 +265,7 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                     "ours" => Client::Ours(match row {
                         Row::Contended { .. } => ours_contended.clone(),
                         Row::Hold => ours_hold.clone(),
-                        Row::Throughput { .. } => ours.clone(),
+                        Row::Throughput { .. } | Row::Interleaved => ours.clone(),
                     }),
                     "floor-q" => Client::QuorumFloor(floor.clone()),
                     _ => Client::Floor(floor.clone()),
@@ -240,6 +279,7 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                 );
                 let mut metrics = match *row {
                     Row::Throughput { id, tasks } => throughput(&client, id, tasks, args).await,
+                    Row::Interleaved => unreachable!("row Ai runs its clients together, above"),
                     Row::Contended { clients: 1, .. } => contended(&[client], args).await,
                     Row::Contended { .. } if ours_turn => contended(&ours_apart, args).await,
                     Row::Contended { .. } => contended(&floors_apart, args).await,
@@ -271,9 +311,11 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
             row: *row,
             ratio_rounds: paired(&ours_rounds, &floor_rounds, metric),
             quorum_ratio_rounds: paired(&quorum_rounds, &floor_rounds, metric),
+            ping_ratio_rounds: paired(&ping_rounds, &floor_rounds, metric),
             ours: aggregate(&ours_rounds),
             floor: aggregate(&floor_rounds),
             quorum_floor: (!quorum_rounds.is_empty()).then(|| aggregate(&quorum_rounds)),
+            ping: (!ping_rounds.is_empty()).then(|| aggregate(&ping_rounds)),
         });
     }
 
@@ -300,6 +342,8 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
             "ratio_rounds": r.ratio_rounds,
             "ratio_paired_median": paired_median(&r.ratio_rounds),
             "quorum_ratio_rounds": r.quorum_ratio_rounds,
+            "ping_quorum": r.ping,
+            "ping_ratio_rounds": r.ping_ratio_rounds,
         });
         let _ = writeln!(lines, "{line}");
     }
@@ -328,6 +372,9 @@ enum Client {
     Floor(Floor),
     /// The floor deciding at the quorum (rows A and B only): the best a Redlock client can do.
     QuorumFloor(Floor),
+    /// Two rounds of `PING` deciding at the quorum (row Ai only): the round trips of a cycle
+    /// without its commands, which no client can beat on these nodes.
+    PingQuorum(Floor),
 }
 
 /// A lock held by either client.
@@ -342,6 +389,7 @@ impl Client {
             Client::Ours(_) => "ours",
             Client::Floor(_) => "floor",
             Client::QuorumFloor(_) => "floor-q",
+            Client::PingQuorum(_) => "ping-q",
         }
     }
 
@@ -354,6 +402,7 @@ impl Client {
             },
             Client::Floor(floor) => floor.cycle(resource, TTL).await,
             Client::QuorumFloor(floor) => floor.cycle_quorum(resource, TTL).await,
+            Client::PingQuorum(floor) => floor.ping_quorum().await,
         }
     }
 
@@ -365,7 +414,7 @@ impl Client {
                 lock = redlock.lock(resource) => lock.map(|l| Some(Held::Ours(l))).map_err(|_| ()),
                 () = tokio::time::sleep_until(end.into()) => Ok(None),
             },
-            Client::Floor(floor) | Client::QuorumFloor(floor) => {
+            Client::Floor(floor) | Client::QuorumFloor(floor) | Client::PingQuorum(floor) => {
                 Ok(floor.poll_until(resource, TTL, end).await.map(Held::Floor))
             }
         }
@@ -374,9 +423,10 @@ impl Client {
     async fn release(&self, held: Held) -> bool {
         match (self, held) {
             (_, Held::Ours(lock)) => lock.release().await.is_ok(),
-            (Client::Floor(floor) | Client::QuorumFloor(floor), Held::Floor(lock)) => {
-                floor.release(&lock).await == 0
-            }
+            (
+                Client::Floor(floor) | Client::QuorumFloor(floor) | Client::PingQuorum(floor),
+                Held::Floor(lock),
+            ) => floor.release(&lock).await == 0,
             (Client::Ours(_), Held::Floor(_)) => false,
         }
     }
@@ -552,6 +602,36 @@ impl Floor {
         granted >= self.quorum && results.iter().all(Result::is_ok)
     }
 
+    /// Two rounds of `PING` to every node, each ending once a quorum answered: the round trips
+    /// of a cycle deciding at the quorum, without the cycle's commands. What is left of a late
+    /// reply is dropped with its future (the connection discards the reply).
+    async fn ping_quorum(&self) -> bool {
+        for _ in 0..2 {
+            let mut pings: FuturesUnordered<_> = self
+                .conns
+                .iter()
+                .map(|conn| {
+                    let mut conn = conn.clone();
+                    async move {
+                        redis::cmd("PING")
+                            .query_async::<String>(&mut conn)
+                            .await
+                            .is_ok()
+                    }
+                })
+                .collect();
+            let mut answered = 0;
+            while answered < self.quorum {
+                match pings.next().await {
+                    Some(true) => answered += 1,
+                    Some(false) => {}
+                    None => return false,
+                }
+            }
+        }
+        true
+    }
+
     /// Compare-and-delete on one node.
     async fn release_node(&self, node: usize, key: &str, token: &str) -> redis::RedisResult<i64> {
         let mut conn = self.conns[node].clone();
@@ -685,6 +765,8 @@ enum Row {
         id: &'static str,
         tasks: usize,
     },
+    /// Row A with the clients taking turns in bursts ([`interleaved`]).
+    Interleaved,
     /// `CONTENDERS` tasks spread over `clients` clients.
     Contended {
         id: &'static str,
@@ -697,7 +779,7 @@ impl Row {
     /// The metric its ratio ours/floor is taken of (for D, CPU: lower is better).
     fn metric(&self) -> &'static str {
         match self {
-            Row::Throughput { .. } => "cycles_per_sec",
+            Row::Throughput { .. } | Row::Interleaved => "cycles_per_sec",
             Row::Contended { .. } => "sections_per_sec",
             Row::Hold => "cpu_pct_of_core",
         }
@@ -706,6 +788,7 @@ impl Row {
     fn id(&self) -> &'static str {
         match self {
             Row::Throughput { id, .. } => id,
+            Row::Interleaved => "Ai",
             Row::Contended { id, .. } => id,
             Row::Hold => "D",
         }
@@ -714,6 +797,7 @@ impl Row {
     fn tasks(&self, args: &Args) -> usize {
         match *self {
             Row::Throughput { tasks, .. } => tasks,
+            Row::Interleaved => 1,
             Row::Contended { .. } => CONTENDERS,
             Row::Hold => args.hold_locks,
         }
@@ -792,6 +876,86 @@ async fn throughput(client: &Client, row: &'static str, tasks: usize, args: &Arg
         ),
         ("errors", errors as f64),
     ])
+}
+
+/// Row Ai: row A with every client in one task, taking turns in bursts of [`BURST`] (the order
+/// rotates every pass), for `--secs` per client after the warm-up. The machine's slow and fast
+/// phases, which last far longer than a burst, then fall on every client alike, where row A runs
+/// them one after the other for seconds each. A burst's first cycle may still meet the previous
+/// client's background work (a straggler's release), but only one cycle in a burst can. Returns
+/// each client's metrics, in `clients`' order; CPU cannot be told apart by client here.
+async fn interleaved(clients: &[Client], args: &Args) -> Vec<Metrics> {
+    let n = clients.len();
+    let warm_end = Instant::now() + args.warmup;
+    let end = warm_end + args.secs * n as u32;
+    // On a worker thread, as row A's task is (`main`'s own future runs on another thread).
+    let clients = clients.to_vec();
+    let turns = tokio::spawn(async move { take_turns(&clients, warm_end, end).await });
+    let Ok((samples, busy, errors)) = turns.await else {
+        return vec![Metrics::from([("errors", 1.0)]); n];
+    };
+    samples
+        .into_iter()
+        .zip(busy)
+        .zip(errors)
+        .map(|((mut samples, busy), errors)| {
+            samples.sort_unstable();
+            Metrics::from([
+                (
+                    "cycles_per_sec",
+                    samples.len() as f64 / busy.as_secs_f64().max(f64::MIN_POSITIVE),
+                ),
+                ("p50_ms", percentile_ms(&samples, 0.50)),
+                ("p99_ms", percentile_ms(&samples, 0.99)),
+                ("cpu_us_per_cycle", f64::NAN),
+                ("errors", errors as f64),
+            ])
+        })
+        .collect()
+}
+
+/// The loop of row Ai: each client's latency samples (µs), time spent in its measured bursts
+/// and failed cycles.
+async fn take_turns(
+    clients: &[Client],
+    warm_end: Instant,
+    end: Instant,
+) -> (Vec<Vec<u32>>, Vec<Duration>, Vec<u64>) {
+    let n = clients.len();
+    let mut samples: Vec<Vec<u32>> = vec![Vec::with_capacity(1 << 16); n];
+    let mut busy = vec![Duration::ZERO; n];
+    let mut errors = vec![0u64; n];
+    let mut key = String::with_capacity(64);
+    let mut cycle = 0u64;
+    for pass in 0..MAX_CYCLES as usize {
+        if Instant::now() >= end {
+            break;
+        }
+        for turn in 0..n {
+            let index = (pass + turn) % n;
+            let client = &clients[index];
+            let burst_start = Instant::now();
+            let measured = burst_start >= warm_end;
+            while burst_start.elapsed() < BURST {
+                key.clear();
+                let _ = write!(key, "bench:Ai:{}:{cycle}", client.name());
+                cycle += 1;
+                let start = Instant::now();
+                let ok = client.cycle(&key).await;
+                if measured {
+                    if ok {
+                        samples[index].push(micros(start.elapsed()));
+                    } else {
+                        errors[index] += 1;
+                    }
+                }
+            }
+            if measured {
+                busy[index] += burst_start.elapsed();
+            }
+        }
+    }
+    (samples, busy, errors)
 }
 
 /// Row C: `CONTENDERS` tasks, spread over `clients`, contend for one key; each takes it, checks
@@ -962,15 +1126,15 @@ async fn hold(client: &Client, args: &Args) -> Result<Metrics, BoxError> {
                         lock.auto_extend(AutoExtend::new());
                         Held::Ours(lock)
                     }),
-                    Client::Floor(floor) | Client::QuorumFloor(floor) => {
-                        match floor.try_lock(&resource, ttl).await {
-                            Ok(lock) => Some(Held::Floor(lock)),
-                            Err(partial) => {
-                                floor.release(&partial).await;
-                                None
-                            }
+                    Client::Floor(floor)
+                    | Client::QuorumFloor(floor)
+                    | Client::PingQuorum(floor) => match floor.try_lock(&resource, ttl).await {
+                        Ok(lock) => Some(Held::Floor(lock)),
+                        Err(partial) => {
+                            floor.release(&partial).await;
+                            None
                         }
-                    }
+                    },
                 };
                 match lock {
                     Some(lock) => mine.push(lock),
@@ -992,7 +1156,7 @@ async fn hold(client: &Client, args: &Args) -> Result<Metrics, BoxError> {
     // it on every node every ttl/3. It counts a lock lost when an extension misses the quorum.
     let floor_lost = Arc::new(AtomicU64::new(0));
     let mut renewers = JoinSet::new();
-    if let Client::Floor(floor) | Client::QuorumFloor(floor) = client {
+    if let Client::Floor(floor) | Client::QuorumFloor(floor) | Client::PingQuorum(floor) = client {
         let every = args.hold_ttl / 3;
         for lock in held.drain(..) {
             let Held::Floor(lock) = lock else { continue };
@@ -1047,7 +1211,9 @@ async fn hold(client: &Client, args: &Args) -> Result<Metrics, BoxError> {
         .count();
     let lost = match client {
         Client::Ours(_) => invalid.max(lost_fired) as f64,
-        Client::Floor(_) | Client::QuorumFloor(_) => floor_lost.load(Ordering::Relaxed) as f64,
+        Client::Floor(_) | Client::QuorumFloor(_) | Client::PingQuorum(_) => {
+            floor_lost.load(Ordering::Relaxed) as f64
+        }
     };
     let locks = held.len() as f64;
 
@@ -1192,6 +1358,10 @@ struct RowResult {
     ratio_rounds: Vec<f64>,
     /// The same for floor-q / floor.
     quorum_ratio_rounds: Vec<f64>,
+    /// Row Ai: two quorum rounds of `PING`, the bound of a cycle on these nodes.
+    ping: Option<Metrics>,
+    /// ping-q / floor round by round.
+    ping_ratio_rounds: Vec<f64>,
 }
 
 /// `a / b` of `metric` round by round (rounds where both ran).
@@ -1230,6 +1400,7 @@ impl RowResult {
         [("ours", &self.ours), ("floor", &self.floor)]
             .into_iter()
             .chain(self.quorum_floor.iter().map(|m| ("floor-q", m)))
+            .chain(self.ping.iter().map(|m| ("ping-q", m)))
             .filter(|(name, _)| args.clients.contains(name))
             .collect()
     }
@@ -1240,6 +1411,7 @@ impl RowResult {
         let get = |m: &Metrics| m.get(metric).copied().unwrap_or(f64::NAN);
         match name {
             "floor-q" => self.quorum_floor.as_ref().map_or(f64::NAN, get) / get(&self.floor),
+            "ping-q" => self.ping.as_ref().map_or(f64::NAN, get) / get(&self.floor),
             _ => get(&self.ours) / get(&self.floor),
         }
     }
@@ -1256,7 +1428,7 @@ fn print_tables(results: &[RowResult], args: &Args) {
     let get = |m: &Metrics, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
     let throughput: Vec<_> = results
         .iter()
-        .filter(|r| matches!(r.row, Row::Throughput { .. }))
+        .filter(|r| matches!(r.row, Row::Throughput { .. } | Row::Interleaved))
         .collect();
     if !throughput.is_empty() {
         println!("\n## A, B: lock + release of a fresh key per cycle\n");
@@ -1278,12 +1450,13 @@ fn print_tables(results: &[RowResult], args: &Args) {
                     get(m, "leftover_keys"),
                     match name {
                         "ours" => format!("**{:.2}×**", r.ratio().1),
-                        "floor-q" => format!("({:.2}×)", r.ratio_of(name)),
+                        "floor-q" | "ping-q" => format!("({:.2}×)", r.ratio_of(name)),
                         _ => String::new(),
                     },
                     match name {
                         "ours" => spread(&r.ratio_rounds),
                         "floor-q" => format!("({})", spread(&r.quorum_ratio_rounds)),
+                        "ping-q" => format!("({})", spread(&r.ping_ratio_rounds)),
                         _ => String::new(),
                     },
                 );
@@ -1384,14 +1557,14 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: bench [--rows A,B,C,D] [--secs N] [--warmup N] [--rounds R] \
-[--hold-locks N] [--hold-secs N] [--hold-ttl-ms N] [--node-timeout-ms N] [--clients ours,floor,floor-q] [--hold-here] [--json PATH]";
+const USAGE: &str = "usage: bench [--rows A,Ai,B,C,D] [--secs N] [--warmup N] [--rounds R] \
+[--hold-locks N] [--hold-secs N] [--hold-ttl-ms N] [--node-timeout-ms N] [--clients ours,floor,floor-q,ping-q] [--hold-here] [--json PATH]";
 
 impl Args {
     /// `None` when only the usage was asked for.
     fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let mut args = Args {
-            rows: ["A", "B", "C", "D"].map(str::to_owned).to_vec(),
+            rows: ["A", "AI", "B", "C", "D"].map(str::to_owned).to_vec(),
             secs: Duration::from_secs(3),
             warmup: Duration::from_millis(500),
             rounds: 1,
@@ -1400,7 +1573,7 @@ impl Args {
             hold_ttl: Duration::from_secs(3),
             node_timeout: None,
             hold_here: false,
-            clients: vec!["ours", "floor", "floor-q"],
+            clients: vec!["ours", "floor", "floor-q", "ping-q"],
             json: None,
         };
         let secs = |v: &str, max: f64| -> Result<Duration, String> {
@@ -1442,10 +1615,10 @@ impl Args {
                         || args
                             .rows
                             .iter()
-                            .any(|r| !["A", "B", "C", "C1", "C32", "D"].contains(&r.as_str()))
+                            .any(|r| !["A", "AI", "B", "C", "C1", "C32", "D"].contains(&r.as_str()))
                     {
                         return Err(format!(
-                            "--rows takes a list of A, B, C (or C1, C32), D\n{USAGE}"
+                            "--rows takes a list of A, Ai, B, C (or C1, C32), D\n{USAGE}"
                         ));
                     }
                 }
@@ -1467,9 +1640,10 @@ impl Args {
                             "ours" => args.clients.push("ours"),
                             "floor" => args.clients.push("floor"),
                             "floor-q" => args.clients.push("floor-q"),
+                            "ping-q" => args.clients.push("ping-q"),
                             _ => {
                                 return Err(format!(
-                                    "--clients takes ours, floor and floor-q\n{USAGE}"
+                                    "--clients takes ours, floor, floor-q and ping-q\n{USAGE}"
                                 ));
                             }
                         }
