@@ -382,6 +382,39 @@ mod env_tests {
     }
 
     #[test]
+    fn reads_timeout_attempts_fencing_and_prefix() {
+        let c = RedlockConfig::from_lookup(lookup(&[
+            ("REDLOCK_NODES", "redis://a:1"),
+            ("REDLOCK_NODE_TIMEOUT_MS", "250"),
+            ("REDLOCK_RETRY_ATTEMPTS", "7"),
+            ("REDLOCK_FENCING", "true"),
+            ("REDLOCK_KEY_PREFIX", "app:locks:"),
+        ]))
+        .unwrap();
+        assert_eq!(c.node_timeout, Duration::from_millis(250));
+        assert_eq!(c.retry.attempts, 7);
+        assert!(c.fencing);
+        assert_eq!(c.key_prefix, "app:locks:");
+        // Unset, each keeps its default; any other word than the four "on" spellings is off.
+        let defaults = RedlockConfig::default();
+        let c = RedlockConfig::from_lookup(lookup(&[
+            ("REDLOCK_NODES", "redis://a:1"),
+            ("REDLOCK_FENCING", "no"),
+        ]))
+        .unwrap();
+        assert_eq!(c.node_timeout, defaults.node_timeout);
+        assert_eq!(c.retry.attempts, defaults.retry.attempts);
+        assert!(!c.fencing);
+        assert_eq!(c.key_prefix, defaults.key_prefix);
+        let err = RedlockConfig::from_lookup(lookup(&[
+            ("REDLOCK_NODES", "redis://a:1"),
+            ("REDLOCK_RETRY_ATTEMPTS", "-1"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("REDLOCK_RETRY_ATTEMPTS"), "{err}");
+    }
+
+    #[test]
     fn missing_nodes_and_bad_numbers_are_typed() {
         assert!(matches!(
             RedlockConfig::from_lookup(lookup(&[])),

@@ -38,6 +38,9 @@
 //!   is `T1 + ttl − drift` with `T1` read before the first send
 //!   (`acquire::deadline_is_anchored_before_the_first_send`,
 //!   `acquire::slow_acquisition_without_enough_validity_is_refused_and_undone`).
+//! - Every attempt, retries of one call included, sends a fresh 128-bit token
+//!   (`acquire::every_acquisition_stores_a_fresh_128_bit_token`,
+//!   `acquire::every_attempt_of_one_call_sends_its_own_token`).
 //! - The vote is decided as soon as its outcome is known, without waiting for a frozen node
 //!   (`acquire::quorum_decides_without_waiting_for_a_frozen_node`); `release` returns once a
 //!   quorum deleted our token and finishes the other nodes in the background

@@ -11,7 +11,7 @@ use std::{
 use redlock_core::{Error, LockOptions, Retry};
 
 use crate::support::{
-    Overlap, cluster, eventually, gone_everywhere, redlock, redlock_with, stall_all,
+    Overlap, cluster, eventually, gone_everywhere, monitor, redlock, redlock_with, stall_all,
 };
 
 /// Rule 1 and 4: the deadline is `T1 + ttl − drift` with T1 taken before the first send, so time
@@ -152,6 +152,38 @@ async fn every_acquisition_stores_a_fresh_128_bit_token() {
         // A straggler's key is released in the background; wait for it before the next round.
         assert!(gone_everywhere(&nodes, "redlock:token").await);
     }
+}
+
+/// Rule 2, per attempt: every attempt of one `lock` call sends a token of its own. A reply to an
+/// earlier attempt that lands late must never count for a later one, whose validity is measured
+/// from a later start. Two nodes are down, so each of the four attempts reaches only the third,
+/// whose `MONITOR` shows the token each SET carried.
+#[tokio::test]
+async fn every_attempt_of_one_call_sends_its_own_token() {
+    let nodes = cluster(3);
+    let seen = monitor(&nodes[2], Duration::from_secs(10));
+    nodes[0].kill().unwrap();
+    nodes[1].kill().unwrap();
+    let redlock = redlock_with(&nodes, |b| {
+        b.retry(Retry::jittered(4, Duration::from_millis(5)))
+    });
+    let err = redlock.lock("retried").await.unwrap_err();
+    assert!(matches!(err, Error::NoQuorum { .. }), "{err}");
+    let mut tokens = Vec::new();
+    while tokens.len() < 4 {
+        let line = seen
+            .recv_timeout(Duration::from_secs(2))
+            .expect("each attempt's SET reaches the live node");
+        if let Some(rest) = line.split("\"SET\" \"redlock:retried\" \"").nth(1) {
+            tokens.push(rest.split('"').next().unwrap_or_default().to_owned());
+        }
+    }
+    for token in &tokens {
+        assert_eq!(token.len(), 32, "{token}");
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+    }
+    let distinct: std::collections::HashSet<_> = tokens.iter().collect();
+    assert_eq!(distinct.len(), 4, "one token per attempt: {tokens:?}");
 }
 
 /// Rule 5 (contention): a key held by someone else on a majority is reported as contended,

@@ -235,6 +235,39 @@ async fn a_dead_sequencer_node_costs_only_the_order() {
     lock.release().await.unwrap();
 }
 
+/// The wait queue's two keys expire two leases after the last ask (README, operational
+/// contract), so a queue whose waiters all vanished leaves nothing behind for longer. A waiter
+/// with a 5 s pause has a 20 s lease: right after it joined, both keys have 30 to 40 s to live.
+#[tokio::test]
+async fn the_queue_keys_expire_two_leases_after_the_last_ask() {
+    let nodes = cluster(3);
+    let holder = redlock(&nodes);
+    let held = holder.lock("expiring").await.unwrap();
+    let waiter = patient(&nodes);
+    let waiting = tokio::spawn(async move {
+        waiter
+            .lock_with("expiring", LockOptions::new().wait(Duration::from_secs(30)))
+            .await
+            .map(drop)
+    });
+    let joined = eventually(Duration::from_secs(5), || {
+        queued(&nodes, "redlock:expiring") == 1
+    })
+    .await;
+    assert!(joined, "the waiter joined the queue");
+    let node = &nodes[sequencer("redlock:expiring", 3) as usize];
+    for key in ["redlock:expiring:queue", "redlock:expiring:queue:leases"] {
+        let pttl = node
+            .query(&["PTTL", key])
+            .ok()
+            .and_then(|r| r.as_int())
+            .expect("PTTL answers");
+        assert!((30_000..=40_000).contains(&pttl), "{key}: PTTL {pttl} ms");
+    }
+    waiting.abort();
+    held.release().await.unwrap();
+}
+
 /// FNV-1a, as the client picks a key's sequencer node.
 fn sequencer(key: &str, nodes: u64) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
