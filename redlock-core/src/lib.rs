@@ -41,8 +41,9 @@
 //! - Every attempt, retries of one call included, sends a fresh 128-bit token
 //!   (`acquire::every_acquisition_stores_a_fresh_128_bit_token`,
 //!   `acquire::every_attempt_of_one_call_sends_its_own_token`).
-//! - The vote is decided as soon as its outcome is known, without waiting for a frozen node
-//!   (`acquire::quorum_decides_without_waiting_for_a_frozen_node`); `release` returns once a
+//! - The vote is decided as soon as its outcome is known, without waiting for a frozen node,
+//!   granted or denied (`acquire::quorum_decides_without_waiting_for_a_frozen_node`,
+//!   `acquire::denial_is_decided_without_waiting_for_a_frozen_node`); `release` returns once a
 //!   quorum deleted our token and finishes the other nodes in the background
 //!   (`release::release_returns_at_quorum_and_finishes_the_last_node_in_the_background`).
 //! - Two clients never hold the same resource at once while the nodes keep their keys
@@ -75,7 +76,7 @@
 //! processes, a waiter joins the lock's wait queue on its sequencer node, which then grants the
 //! key only in turn; the release script wakes exactly the waiter whose turn it is, so waiters are
 //! served in arrival order and a release wakes one process, not all of them
-//! (`queue::*`). The queue only orders who asks first: a lock still needs a quorum of `SET NX`.
+//! (`queue::*`, `queue::a_release_wakes_only_the_waiter_in_turn`). The queue only orders who asks first: a lock still needs a quorum of `SET NX`.
 //! The retry pause is only a fallback bound. Auto-extended locks are renewed in batches of up to
 //! 100 per node and script call.
 //!

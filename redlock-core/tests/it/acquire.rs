@@ -154,6 +154,45 @@ async fn every_acquisition_stores_a_fresh_128_bit_token() {
     }
 }
 
+/// Rule 3, the other way round: an attempt is denied as soon as too few nodes are left to reach
+/// a quorum. Two nodes hold the key for someone else and answer at once; the third is frozen and
+/// the node timeout is 2 s. Waiting for the frozen node before giving up would take that long.
+#[tokio::test]
+async fn denial_is_decided_without_waiting_for_a_frozen_node() {
+    let nodes = cluster(3);
+    let node_timeout = Duration::from_secs(2);
+    let redlock = redlock_with(&nodes, |b| {
+        b.node_timeout(node_timeout).retry(Retry::none())
+    });
+    redlock.connect().await.unwrap();
+    for frozen in 0..3 {
+        for (index, node) in nodes.iter().enumerate() {
+            if index != frozen {
+                node.set("redlock:denied", "someone-else").unwrap();
+            }
+        }
+        nodes[frozen].pause().unwrap();
+        let err = tokio::time::timeout(node_timeout / 2, redlock.lock("denied"))
+            .await
+            .expect("denied before the frozen node's timeout")
+            .unwrap_err();
+        assert!(err.is_contended(), "{err}");
+        nodes[frozen].resume().unwrap();
+        // The frozen node's SET applies when it resumes; the release queued behind it removes it.
+        let undone = eventually(Duration::from_secs(5), || {
+            nodes[frozen].get("redlock:denied").unwrap().is_none()
+        })
+        .await;
+        assert!(
+            undone,
+            "our key on node {frozen} is released behind its SET"
+        );
+        for node in nodes.iter() {
+            node.query(&["DEL", "redlock:denied"]).unwrap();
+        }
+    }
+}
+
 /// Rule 2, per attempt: every attempt of one `lock` call sends a token of its own. A reply to an
 /// earlier attempt that lands late must never count for a later one, whose validity is measured
 /// from a later start. Two nodes are down, so each of the four attempts reaches only the third,

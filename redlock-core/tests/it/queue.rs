@@ -235,6 +235,57 @@ async fn a_dead_sequencer_node_costs_only_the_order() {
     lock.release().await.unwrap();
 }
 
+/// A release wakes exactly one waiter in another process, the one whose turn it is. Three
+/// waiters stand in line; `MONITOR` on the sequencer node shows the release script's turn
+/// messages: one, to the first waiter, while the two others stay in line. A release that woke
+/// every waiter would publish three.
+#[tokio::test]
+async fn a_release_wakes_only_the_waiter_in_turn() {
+    let nodes = cluster(3);
+    let holder = redlock(&nodes);
+    let held = holder.lock("one").await.unwrap();
+    let (served, mut serving) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiters = Vec::new();
+    for index in 0..3 {
+        let (waiter, served) = (patient(&nodes), served.clone());
+        waiters.push(tokio::spawn(async move {
+            let lock = waiter
+                .lock_with("one", LockOptions::new().wait(Duration::from_secs(20)))
+                .await
+                .expect("woken in turn");
+            served.send((index, lock)).unwrap();
+        }));
+        let in_line = eventually(Duration::from_secs(5), || {
+            queued(&nodes, "redlock:one") == index + 1
+        })
+        .await;
+        assert!(in_line, "waiter {index} joined the queue");
+    }
+    let seen = crate::support::monitor(
+        &nodes[sequencer("redlock:one", 3) as usize],
+        Duration::from_secs(10),
+    );
+    held.release().await.unwrap();
+    let (first, lock) = tokio::time::timeout(Duration::from_secs(3), serving.recv())
+        .await
+        .expect("the waiter in turn is woken by the release")
+        .unwrap();
+    assert_eq!(first, 0, "served in arrival order");
+    assert_eq!(queued(&nodes, "redlock:one"), 2, "the others stay in line");
+    // Whatever else the release caused has reached the node once it has been quiet a moment.
+    let mut turns = Vec::new();
+    while let Ok(line) = seen.recv_timeout(Duration::from_millis(300)) {
+        if line.contains("\"PUBLISH\" \"redlock:one:released:") {
+            turns.push(line);
+        }
+    }
+    assert_eq!(turns.len(), 1, "one turn message per release: {turns:?}");
+    for waiter in waiters {
+        waiter.abort();
+    }
+    lock.release().await.unwrap();
+}
+
 /// The wait queue's two keys expire two leases after the last ask (README, operational
 /// contract), so a queue whose waiters all vanished leaves nothing behind for longer. A waiter
 /// with a 5 s pause has a 20 s lease: right after it joined, both keys have 30 to 40 s to live.
