@@ -4,20 +4,35 @@ use std::time::Duration;
 
 use redlock_core::{Error, LockOptions, Retry};
 
-use crate::support::{cluster, eventually, gone_everywhere, redlock_with, values};
+use crate::support::{cluster, eventually, gone_everywhere, monitor, redlock_with, values};
 
 /// If any one resource is held elsewhere, none is taken: the script checks every key before
-/// setting any, so no node is left with a partial set.
+/// setting any, so no node is left with a partial set, not even for a moment (`MONITOR` on a
+/// node shows the script's own commands: it looked at `a`, and never set `a` or `c`).
 #[tokio::test]
 async fn lock_many_is_all_or_nothing() {
     let nodes = cluster(3);
     let redlock = redlock_with(&nodes, |b| b.retry(Retry::none()));
     let held = redlock.lock("b").await.unwrap();
+    let seen = monitor(&nodes[0], Duration::from_secs(10));
     let err = redlock.lock_many(["a", "b", "c"]).await.unwrap_err();
     assert!(err.is_contended(), "{err:?}");
     for key in ["redlock:a", "redlock:c"] {
         assert!(gone_everywhere(&nodes, key).await, "{key} untouched");
     }
+    let mut lines = Vec::new();
+    while let Ok(line) = seen.recv_timeout(Duration::from_millis(300)) {
+        lines.push(line);
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"EXISTS\" \"redlock:a\"")),
+        "the script checked a: {lines:?}"
+    );
+    let written: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("\"SET\" \"redlock:a\"") || l.contains("\"SET\" \"redlock:c\""))
+        .collect();
+    assert!(written.is_empty(), "a or c was set: {written:?}");
     held.release().await.unwrap();
     // A straggler of the held lock is released in the background: let it go first.
     assert!(gone_everywhere(&nodes, "redlock:b").await);
