@@ -128,7 +128,9 @@
 //! - 64 concurrent requests for one key never overlap in the handler and all complete when
 //!   waiting (`serialise::same_key_requests_never_overlap_and_all_complete_when_waiting`); when
 //!   failing fast the losers get `409` with `Retry-After`, and the next request after the
-//!   winner's answer succeeds (`serialise::fail_fast_losers_get_409_with_retry_after`).
+//!   winner's answer succeeds (`serialise::fail_fast_losers_get_409_with_retry_after`); a
+//!   request whose wait runs out gets the same answer once it has waited its whole `wait`
+//!   (`serialise::a_wait_that_runs_out_gets_409_with_retry_after`).
 //! - Different keys run in parallel (`serialise::different_keys_run_in_parallel`); a request
 //!   without a key is not locked (`serialise::request_without_key_is_not_locked`).
 //! - Two replicas sharing the nodes serialise the same key

@@ -99,6 +99,40 @@ async fn fail_fast_losers_get_409_with_retry_after() {
     );
 }
 
+/// A request that waits for a held key and whose wait runs out is answered `409` with
+/// `Retry-After`, once it has waited its whole `wait`, and without entering the handler (which
+/// would block at the closed gate); the holder is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_that_runs_out_gets_409_with_retry_after() {
+    let cluster = nodes().await;
+    let gate = Gate::new();
+    let wait = Duration::from_millis(300);
+    let layer = RequestLockLayer::new(redlock(&cluster, Duration::from_secs(5)), by_account())
+        .wait(wait)
+        .retry_after(Duration::from_secs(2));
+    let base = serve(gated_app(layer, gate.clone())).await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/accounts/1/withdraw");
+
+    let holder = tokio::spawn(client.post(&url).send());
+    gate.entered().await;
+    let asked = std::time::Instant::now();
+    let late = tokio::time::timeout(PATIENCE, client.post(&url).send())
+        .await
+        .expect("answered once its wait ran out")
+        .unwrap();
+    assert_eq!(late.status(), StatusCode::CONFLICT);
+    assert_eq!(late.headers()["retry-after"], "2");
+    assert!(
+        asked.elapsed() >= wait,
+        "refused after {:?}",
+        asked.elapsed()
+    );
+    gate.open();
+    assert_eq!(holder.await.unwrap().unwrap().status(), StatusCode::OK);
+    wait_for_no_lock_keys(&cluster).await;
+}
+
 /// Two handlers for different keys meet at a barrier: they can only both pass it if both are
 /// inside at the same time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
