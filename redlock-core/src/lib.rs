@@ -55,7 +55,9 @@
 //!   never resurrected (`release::release_leaves_a_key_held_by_another_token`,
 //!   `extend::extend_never_recreates_a_missing_key`,
 //!   `extend::extend_after_the_deadline_fails_and_creates_nothing`); both survive `SCRIPT FLUSH`
-//!   and node restarts (`release::release_and_extend_survive_*`).
+//!   and node restarts (`release::release_and_extend_survive_*`). A failed extension keeps the
+//!   old deadline, or the sooner expiry its nodes applied
+//!   (`extend::a_failed_shorter_extension_shortens_the_deadline`).
 //! - Dropping a `lock()` future at any point, or a `Lock`, leaves no key behind
 //!   (`cancel::dropped_acquisitions_leave_no_keys`, `cancel::dropped_lock_is_released_in_the_background`).
 //! - A minority of nodes down or paused costs at most the node timeout; a majority down fails

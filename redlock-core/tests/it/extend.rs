@@ -104,3 +104,37 @@ async fn extend_leaves_another_owners_key_alone() {
         vec![Some("other".into()); 3]
     );
 }
+
+/// A failed extension to a shorter ttl shortens the deadline: the nodes that applied it now
+/// expire sooner than the old deadline, so keeping the old one would report the lock as held
+/// past its keys. Two nodes lost the key (10 s ttl); the third applies a 1 s ttl, too few for a
+/// quorum.
+#[tokio::test]
+async fn a_failed_shorter_extension_shortens_the_deadline() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let lock = redlock.lock("shorter").await.unwrap();
+    assert!(stored_everywhere(&nodes, "redlock:shorter").await);
+    assert!(lock.deadline() > Instant::now() + Duration::from_secs(5));
+    nodes[0].query(&["DEL", "redlock:shorter"]).unwrap();
+    nodes[1].query(&["DEL", "redlock:shorter"]).unwrap();
+    let err = lock.extend_by(Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NoQuorum { acquired: 1, .. }),
+        "{err:?}"
+    );
+    let pttl = nodes[2]
+        .query(&["PTTL", "redlock:shorter"])
+        .unwrap()
+        .as_int()
+        .unwrap();
+    assert!(
+        (0..=1_000).contains(&pttl),
+        "the live node applied 1 s: {pttl}"
+    );
+    assert!(
+        lock.deadline() <= Instant::now() + Duration::from_secs(1),
+        "the deadline follows the shorter expiry"
+    );
+    lock.release().await.unwrap();
+}
