@@ -193,8 +193,10 @@ impl Drop for SetOnDrop {
     }
 }
 
-/// Auto-extended locks are renewed in batches: 200 locks held for about ten renewal periods
-/// cost a few dozen extension scripts per node, not one per lock per period, and none is lost.
+/// Auto-extended locks are renewed in batches of at most 100 locks: 200 locks held for about
+/// nine renewal periods cost a few dozen extension scripts per node, not one per lock per
+/// period, none carries more than 100 keys (`MONITOR` shows each call's key count), and no lock
+/// is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_extension_batches_renewals_per_node() {
     let nodes = cluster(3);
@@ -208,15 +210,27 @@ async fn auto_extension_batches_renewals_per_node() {
         lock.auto_extend(AutoExtend::new());
         locks.push(lock);
     }
+    let seen = crate::support::monitor(&nodes[0], Duration::from_secs(10));
     let before = command_calls(&nodes[0], "evalsha");
     tokio::time::sleep(ttl * 3).await;
     let calls = command_calls(&nodes[0], "evalsha") - before;
     assert!(locks.iter().all(|l| l.is_valid()), "no lock lost");
-    // Unbatched this would be about 200 locks × 5 periods = 1000 calls.
+    // Unbatched this would be about 200 locks × 9 periods = 1800 calls.
     assert!(
         calls > 0 && calls < 200,
         "extension scripts on one node: {calls}"
     );
+    // `"EVALSHA" "<sha>" "<numkeys>" ...`: the key count of every renewal call.
+    let sizes: Vec<usize> = seen
+        .try_iter()
+        .filter_map(|line| {
+            let args = line.split("\"EVALSHA\" \"").nth(1)?;
+            args.split('"').nth(2)?.parse().ok()
+        })
+        .collect();
+    assert!(!sizes.is_empty(), "renewals seen");
+    assert!(sizes.iter().all(|&n| n <= 100), "batch sizes {sizes:?}");
+    assert!(sizes.iter().any(|&n| n > 1), "batch sizes {sizes:?}");
     for lock in locks {
         lock.release().await.unwrap();
     }
