@@ -261,6 +261,44 @@ async fn contended_attempt_leaves_none_of_our_keys() {
     assert!(redlock.try_lock("busy").await.unwrap().is_none());
 }
 
+/// A failed attempt does not ask the nodes that answered "held by someone else" to release:
+/// their key is not ours, and the compare-and-delete would only cost them a script. `MONITOR`
+/// on the two busy nodes shows our SET and no script after it; the free node is released.
+#[tokio::test]
+async fn busy_nodes_are_not_asked_to_release() {
+    let nodes = cluster(3);
+    nodes[0].set("redlock:taken", "someone-else").unwrap();
+    nodes[1].set("redlock:taken", "someone-else").unwrap();
+    let busy = [
+        monitor(&nodes[0], Duration::from_secs(10)),
+        monitor(&nodes[1], Duration::from_secs(10)),
+    ];
+    let redlock = redlock_with(&nodes, |b| b.retry(Retry::none()));
+    let err = redlock.lock("taken").await.unwrap_err();
+    assert!(err.is_contended(), "{err}");
+    let released = eventually(Duration::from_secs(2), || {
+        nodes[2].get("redlock:taken").unwrap().is_none()
+    })
+    .await;
+    assert!(released, "the free node's key is released");
+    for seen in busy {
+        let mut lines = Vec::new();
+        while let Ok(line) = seen.recv_timeout(Duration::from_millis(300)) {
+            lines.push(line);
+        }
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("\"SET\" \"redlock:taken\"")),
+            "our SET reached the busy node: {lines:?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("\"EVAL")),
+            "a busy node was asked to release: {lines:?}"
+        );
+    }
+}
+
 /// Rule 5 (retries): `lock` keeps trying with jittered pauses and gets the lock once the holder
 /// releases it.
 #[tokio::test]
