@@ -11,7 +11,8 @@ use std::{
 use redlock_core::{Error, LockOptions, Retry};
 
 use crate::support::{
-    Overlap, cluster, eventually, gone_everywhere, monitor, redlock, redlock_with, stall_all,
+    Overlap, cluster, eventually, gone_everywhere, lines_until_quiet, monitor, redlock,
+    redlock_with, stall_all,
 };
 
 /// Rule 1 and 4: the deadline is `T1 + ttl − drift` with T1 taken before the first send, so time
@@ -282,10 +283,7 @@ async fn busy_nodes_are_not_asked_to_release() {
     .await;
     assert!(released, "the free node's key is released");
     for seen in busy {
-        let mut lines = Vec::new();
-        while let Ok(line) = seen.recv_timeout(Duration::from_millis(300)) {
-            lines.push(line);
-        }
+        let lines = lines_until_quiet(seen, Duration::from_millis(300)).await;
         assert!(
             lines
                 .iter()

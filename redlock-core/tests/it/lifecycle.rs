@@ -36,6 +36,39 @@ async fn lost_fires_at_the_deadline_with_all_nodes_frozen() {
     drop(lock);
 }
 
+/// Auto-extension extends at a third of the ttl (snapped early onto a grid of an eighth of
+/// that), by the whole ttl: with a 3 s ttl, the first extension reaches a node between 0.875 and
+/// 1 s after `auto_extend`, and resets the key's expiry to 3 s (`MONITOR` shows the script's
+/// `PEXPIRE`). The band allows for scheduling; a half or a quarter of the ttl falls outside it.
+#[tokio::test]
+async fn auto_extension_runs_at_a_third_of_the_ttl() {
+    let nodes = cluster(3);
+    let redlock = redlock_with(&nodes, |b| b.ttl(Duration::from_secs(3)));
+    let lock = redlock.lock("third").await.unwrap();
+    let seen = crate::support::monitor(&nodes[0], Duration::from_secs(10));
+    let started = Instant::now();
+    lock.auto_extend(AutoExtend::new());
+    // Read the monitor off the runtime's thread, which the watchdog needs.
+    let (first, after) = tokio::task::spawn_blocking(move || {
+        loop {
+            let line = seen
+                .recv_timeout(Duration::from_secs(3))
+                .expect("an extension within a ttl");
+            if line.contains("\"PEXPIRE\" \"redlock:third\"") {
+                return (line, started.elapsed());
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        (Duration::from_millis(800)..Duration::from_millis(1_400)).contains(&after),
+        "first extension after {after:?}"
+    );
+    assert!(first.contains("\"3000\""), "extended by the ttl: {first}");
+    lock.release().await.unwrap();
+}
+
 /// Auto-extension keeps a lock for ten times its ttl while the nodes are healthy; nobody else
 /// can take it meanwhile, and `lost()` does not fire.
 #[tokio::test]

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use redlock_core::{Error, LockOptions, Retry};
 
-use crate::support::{cluster, eventually, gone_everywhere, monitor, redlock_with, values};
+use crate::support::{
+    cluster, eventually, gone_everywhere, lines_until_quiet, monitor, redlock_with, values,
+};
 
 /// If any one resource is held elsewhere, none is taken: the script checks every key before
 /// setting any, so no node is left with a partial set, not even for a moment (`MONITOR` on a
@@ -20,10 +22,7 @@ async fn lock_many_is_all_or_nothing() {
     for key in ["redlock:a", "redlock:c"] {
         assert!(gone_everywhere(&nodes, key).await, "{key} untouched");
     }
-    let mut lines = Vec::new();
-    while let Ok(line) = seen.recv_timeout(Duration::from_millis(300)) {
-        lines.push(line);
-    }
+    let lines = lines_until_quiet(seen, Duration::from_millis(300)).await;
     assert!(
         lines.iter().any(|l| l.contains("\"EXISTS\" \"redlock:a\"")),
         "the script checked a: {lines:?}"

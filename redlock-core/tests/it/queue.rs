@@ -273,12 +273,11 @@ async fn a_release_wakes_only_the_waiter_in_turn() {
     assert_eq!(first, 0, "served in arrival order");
     assert_eq!(queued(&nodes, "redlock:one"), 2, "the others stay in line");
     // Whatever else the release caused has reached the node once it has been quiet a moment.
-    let mut turns = Vec::new();
-    while let Ok(line) = seen.recv_timeout(Duration::from_millis(300)) {
-        if line.contains("\"PUBLISH\" \"redlock:one:released:") {
-            turns.push(line);
-        }
-    }
+    let turns: Vec<String> = crate::support::lines_until_quiet(seen, Duration::from_millis(300))
+        .await
+        .into_iter()
+        .filter(|line| line.contains("\"PUBLISH\" \"redlock:one:released:"))
+        .collect();
     assert_eq!(turns.len(), 1, "one turn message per release: {turns:?}");
     for waiter in waiters {
         waiter.abort();

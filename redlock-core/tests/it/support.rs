@@ -182,3 +182,20 @@ pub(crate) fn monitor(
     });
     received
 }
+
+/// The lines `seen` ([`monitor`]) delivers until the node has been quiet for `quiet`, read off
+/// the runtime's thread so that the client's background tasks keep running meanwhile.
+pub(crate) async fn lines_until_quiet(
+    seen: std::sync::mpsc::Receiver<String>,
+    quiet: Duration,
+) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        while let Ok(line) = seen.recv_timeout(quiet) {
+            lines.push(line);
+        }
+        lines
+    })
+    .await
+    .expect("the monitor reader does not panic")
+}
