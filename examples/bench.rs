@@ -245,6 +245,9 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                 // Leftovers cannot be told apart by client here: every client reports them.
                 let left = floor.settle(own_nodes, TTL / 2).await?;
                 for (name, mut metrics) in names.iter().zip(measured) {
+                    if let Some(value) = metrics.get(row.metric()) {
+                        eprintln!("  {name} {}: {value:.1}", row.metric());
+                    }
                     metrics.insert("leftover_keys", left as f64);
                     match *name {
                         "ours" => ours_rounds.push(metrics),
@@ -290,6 +293,9 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                     }
                     Row::Hold => hold(&client, args).await?,
                 };
+                if let Some(value) = metrics.get(row.metric()) {
+                    eprintln!("  {}: {value:.1}", row.metric());
+                }
                 // Background releases (stragglers, dropped acquisitions) get a bounded moment to
                 // land; the bound stays below the ttl, so expiry never hides a leftover.
                 let ttl = if matches!(row, Row::Hold) {
