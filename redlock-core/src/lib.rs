@@ -68,7 +68,9 @@
 //!   the work when the lock is lost, releases on every exit path including panics, and
 //!   auto-extension holds a lock for ten ttls and stops at `max_hold` (`lifecycle::*`).
 //! - Fencing tokens strictly increase across holders whose majorities differ, including the
-//!   counterexample that breaks "INCR and take the max" (`fencing::*`).
+//!   counterexample that breaks "INCR and take the max", and after a clock jump on a majority
+//!   let a second holder in (`fencing::*`,
+//!   `fencing::a_clock_jump_on_a_majority_never_reorders_fencing_tokens`).
 //! - `lock_many` is all or nothing (`many::*`).
 //!
 //! # Waiting, fairness and renewals

@@ -5,7 +5,7 @@ use std::time::Duration;
 use redlock_core::{LockOptions, Redlock, Retry};
 use redlock_tests::Cluster;
 
-use crate::support::{cluster, redlock_with};
+use crate::support::{cluster, eventually, redlock_with, stored_everywhere};
 
 fn fenced(nodes: &Cluster) -> Redlock {
     redlock_with(nodes, |b| b.fencing(true).retry(Retry::none()))
@@ -74,6 +74,45 @@ async fn fencing_tokens_increase_across_fifty_holders_through_different_majoriti
         );
         last = token;
     }
+}
+
+/// A clock jump on a majority (emulated by shortening the lock key's expiry on two of three
+/// nodes) lets a second client take the lock while the first still believes it holds it: mutual
+/// exclusion is gone, as the operational contract warns. The fencing tokens still order the
+/// two, because the fence counters have no expiry for a jump to cut: the resource can reject the
+/// first holder's writes.
+#[tokio::test]
+async fn a_clock_jump_on_a_majority_never_reorders_fencing_tokens() {
+    let nodes = cluster(3);
+    let (first, second) = (fenced(&nodes), fenced(&nodes));
+    let held = first.lock("jump").await.unwrap();
+    let stale = held.fencing_token().expect("fenced").get();
+    assert!(stored_everywhere(&nodes, "redlock:jump").await);
+    for node in [&nodes[0], &nodes[1]] {
+        // Every key with a time to live jumps: the lock key, and only it.
+        assert_eq!(node.jump_clock("redlock:jump*").unwrap(), 1);
+    }
+    let expired = eventually(Duration::from_secs(2), || {
+        nodes[0].get("redlock:jump").unwrap().is_none()
+            && nodes[1].get("redlock:jump").unwrap().is_none()
+    })
+    .await;
+    assert!(expired, "the jump expired the key on a majority");
+    let newer = second
+        .lock("jump")
+        .await
+        .expect("the jump freed a majority");
+    assert!(
+        held.is_valid(),
+        "the first holder still believes it holds the lock"
+    );
+    let token = newer.fencing_token().expect("fenced").get();
+    assert!(
+        token > stale,
+        "the newer holder's token {token} after {stale}"
+    );
+    newer.release().await.unwrap();
+    held.release().await.unwrap();
 }
 
 /// Fencing is opt-in: off by default, and can be turned on per lock.
