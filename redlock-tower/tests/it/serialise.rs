@@ -49,6 +49,32 @@ fn gated_app(layer: RequestLockLayer<KeyFromPath>, gate: Arc<Gate>) -> Router {
         .with_state(gate)
 }
 
+/// One request for account 1 that holds its lock inside the handler until `gate` opens, served
+/// by [`gated_app`] behind `layer`, and a client to send more.
+struct HeldAccount {
+    gate: Arc<Gate>,
+    client: reqwest::Client,
+    url: String,
+    holder: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+}
+
+impl HeldAccount {
+    async fn start(layer: RequestLockLayer<KeyFromPath>) -> HeldAccount {
+        let gate = Gate::new();
+        let base = serve(gated_app(layer, gate.clone())).await;
+        let client = reqwest::Client::new();
+        let url = format!("{base}/accounts/1/withdraw");
+        let holder = tokio::spawn(client.post(&url).send());
+        gate.entered().await;
+        HeldAccount {
+            gate,
+            client,
+            url,
+            holder,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_key_requests_never_overlap_and_all_complete_when_waiting() {
     let cluster = nodes().await;
@@ -73,16 +99,15 @@ async fn same_key_requests_never_overlap_and_all_complete_when_waiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_fast_losers_get_409_with_retry_after() {
     let cluster = nodes().await;
-    let gate = Gate::new();
     let layer = RequestLockLayer::new(redlock(&cluster, Duration::from_secs(5)), by_account())
         .fail_fast()
         .retry_after(Duration::from_secs(2));
-    let base = serve(gated_app(layer, gate.clone())).await;
-    let client = reqwest::Client::new();
-    let url = format!("{base}/accounts/1/withdraw");
-
-    let holder = tokio::spawn(client.post(&url).send());
-    gate.entered().await;
+    let HeldAccount {
+        gate,
+        client,
+        url,
+        holder,
+    } = HeldAccount::start(layer).await;
     let losers = join_all((0..8).map(|_| client.post(&url).send())).await;
     for response in losers {
         let response = response.unwrap();
@@ -105,17 +130,16 @@ async fn fail_fast_losers_get_409_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_that_runs_out_gets_409_with_retry_after() {
     let cluster = nodes().await;
-    let gate = Gate::new();
     let wait = Duration::from_millis(300);
     let layer = RequestLockLayer::new(redlock(&cluster, Duration::from_secs(5)), by_account())
         .wait(wait)
         .retry_after(Duration::from_secs(2));
-    let base = serve(gated_app(layer, gate.clone())).await;
-    let client = reqwest::Client::new();
-    let url = format!("{base}/accounts/1/withdraw");
-
-    let holder = tokio::spawn(client.post(&url).send());
-    gate.entered().await;
+    let HeldAccount {
+        gate,
+        client,
+        url,
+        holder,
+    } = HeldAccount::start(layer).await;
     let asked = std::time::Instant::now();
     let late = tokio::time::timeout(PATIENCE, client.post(&url).send())
         .await
