@@ -16,8 +16,9 @@
 //! Options:
 //!
 //! - `--rows A,Ai,B,C,D` rows to run (default all): A one client, sequential; Ai row A with the
-//!   clients taking turns in 20 ms bursts within one run; B 32 and 256 tasks on distinct keys; C 32 tasks contending for one key (`C1` or `C32` alone runs one of its two
-//!   rows); D 10,000 auto-extended locks held at once.
+//!   clients taking turns in 20 ms bursts within one run; B 32 and 256 tasks on distinct keys; C
+//!   32 tasks contending for one key (`C1` or `C32` alone runs one of its two rows); D 10,000
+//!   auto-extended locks held at once.
 //! - `--secs N` measured seconds per row and client (default 3), after `--warmup N` (default 0.5).
 //! - `--rounds R` repeat every row R times and report medians (default 1).
 //! - `--hold-locks N`, `--hold-secs N`, `--hold-ttl-ms N` shape row D (defaults 10000, 30, 3000).
@@ -228,12 +229,7 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                 // All clients in one run, taking turns; the rotation is inside.
                 let clients: Vec<Client> = names
                     .iter()
-                    .map(|name| match *name {
-                        "ours" => Client::Ours(ours.clone()),
-                        "floor-q" => Client::QuorumFloor(floor.clone()),
-                        "ping-q" => Client::PingQuorum(floor.clone()),
-                        _ => Client::Floor(floor.clone()),
-                    })
+                    .map(|name| Client::named(name, &ours, &floor))
                     .collect();
                 eprintln!(
                     "row Ai round {}/{}: {}",
@@ -264,15 +260,12 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
             order.rotate_left(round % names.len().max(1));
             for name in order {
                 let ours_turn = name == "ours";
-                let client = match name {
-                    "ours" => Client::Ours(match row {
-                        Row::Contended { .. } => ours_contended.clone(),
-                        Row::Hold => ours_hold.clone(),
-                        Row::Throughput { .. } | Row::Interleaved => ours.clone(),
-                    }),
-                    "floor-q" => Client::QuorumFloor(floor.clone()),
-                    _ => Client::Floor(floor.clone()),
+                let ours_here = match row {
+                    Row::Contended { .. } => &ours_contended,
+                    Row::Hold => &ours_hold,
+                    Row::Throughput { .. } | Row::Interleaved => &ours,
                 };
+                let client = Client::named(name, ours_here, &floor);
                 eprintln!(
                     "row {} round {}/{}: {}",
                     row.id(),
@@ -390,6 +383,16 @@ enum Held {
 }
 
 impl Client {
+    /// The client `--clients` calls `name`, over `ours` or `floor`.
+    fn named(name: &str, ours: &Redlock, floor: &Floor) -> Client {
+        match name {
+            "ours" => Client::Ours(ours.clone()),
+            "floor-q" => Client::QuorumFloor(floor.clone()),
+            "ping-q" => Client::PingQuorum(floor.clone()),
+            _ => Client::Floor(floor.clone()),
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Client::Ours(_) => "ours",
