@@ -73,6 +73,17 @@ impl HeldAccount {
             holder,
         }
     }
+
+    /// Another request for account 1.
+    fn request(&self) -> impl Future<Output = reqwest::Result<reqwest::Response>> {
+        self.client.post(&self.url).send()
+    }
+
+    /// Lets the holder leave the handler; its status.
+    async fn open(&mut self) -> StatusCode {
+        self.gate.open();
+        (&mut self.holder).await.unwrap().unwrap().status()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,21 +113,15 @@ async fn fail_fast_losers_get_409_with_retry_after() {
     let layer = RequestLockLayer::new(redlock(&cluster, Duration::from_secs(5)), by_account())
         .fail_fast()
         .retry_after(Duration::from_secs(2));
-    let HeldAccount {
-        gate,
-        client,
-        url,
-        holder,
-    } = HeldAccount::start(layer).await;
-    let losers = join_all((0..8).map(|_| client.post(&url).send())).await;
+    let mut held = HeldAccount::start(layer).await;
+    let losers = join_all((0..8).map(|_| held.request())).await;
     for response in losers {
         let response = response.unwrap();
         assert_eq!(response.status(), StatusCode::CONFLICT);
         assert_eq!(response.headers()["retry-after"], "2");
     }
-    gate.open();
-    assert_eq!(holder.await.unwrap().unwrap().status(), StatusCode::OK);
-    let next = client.post(&url).send().await.unwrap();
+    assert_eq!(held.open().await, StatusCode::OK);
+    let next = held.request().await.unwrap();
     assert_eq!(
         next.status(),
         StatusCode::OK,
@@ -134,14 +139,9 @@ async fn a_wait_that_runs_out_gets_409_with_retry_after() {
     let layer = RequestLockLayer::new(redlock(&cluster, Duration::from_secs(5)), by_account())
         .wait(wait)
         .retry_after(Duration::from_secs(2));
-    let HeldAccount {
-        gate,
-        client,
-        url,
-        holder,
-    } = HeldAccount::start(layer).await;
+    let mut held = HeldAccount::start(layer).await;
     let asked = std::time::Instant::now();
-    let late = tokio::time::timeout(PATIENCE, client.post(&url).send())
+    let late = tokio::time::timeout(PATIENCE, held.request())
         .await
         .expect("answered once its wait ran out")
         .unwrap();
@@ -152,8 +152,7 @@ async fn a_wait_that_runs_out_gets_409_with_retry_after() {
         "refused after {:?}",
         asked.elapsed()
     );
-    gate.open();
-    assert_eq!(holder.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(held.open().await, StatusCode::OK);
     wait_for_no_lock_keys(&cluster).await;
 }
 
