@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use redlock_core::Redlock;
+use redlock_tests::{Proxy, ProxyMode};
+
 use crate::support::{
     cluster, eventually, gone_everywhere, redlock, redlock_with, stored_everywhere, values,
 };
@@ -154,4 +157,35 @@ async fn release_returns_at_quorum_and_finishes_the_last_node_in_the_background(
         .await,
         "the frozen node is released once it answers"
     );
+}
+
+/// A release that nobody waits for and whose first try fails is tried again in the background,
+/// so the key goes long before its ttl. Node 2 sits behind a proxy that holds the release (the
+/// node looks frozen), then drops it with the connection; the retry dials again and deletes the
+/// key. Tried once only, the key would stay for its whole 10 s ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_release_whose_first_try_failed_is_tried_again() {
+    let nodes = cluster(3);
+    let proxy = Proxy::start(nodes[2].port()).expect("proxy starts");
+    let redlock = Redlock::builder()
+        .nodes([nodes[0].url(), nodes[1].url(), proxy.url()])
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let lock = redlock.lock("again").await.unwrap();
+    assert!(stored_everywhere(&nodes, "redlock:again").await);
+    proxy.set_mode(ProxyMode::Blackhole);
+    let release = lock.release().await.unwrap();
+    assert_eq!((release.released, release.pending), (2, 1), "{release:?}");
+    let held = eventually(Duration::from_secs(2), || proxy.blackholed_bytes() > 0).await;
+    assert!(held, "the release reached the proxy");
+    // The first try is lost with its connection; new connections go through.
+    proxy.reset_connections();
+    proxy.heal();
+    let gone = eventually(Duration::from_secs(3), || {
+        nodes[2].get("redlock:again").unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "the retry deleted the key long before its ttl");
 }
