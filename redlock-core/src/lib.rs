@@ -57,7 +57,9 @@
 //!   `extend::extend_after_the_deadline_fails_and_creates_nothing`); both survive `SCRIPT FLUSH`
 //!   and node restarts (`release::release_and_extend_survive_*`). A failed extension keeps the
 //!   old deadline, or the sooner expiry its nodes applied
-//!   (`extend::a_failed_shorter_extension_shortens_the_deadline`).
+//!   (`extend::a_failed_shorter_extension_shortens_the_deadline`). Every key a script touches
+//!   is declared in `KEYS`, as Dragonfly requires (unit test
+//!   `scripts::tests::every_key_a_script_touches_is_declared`).
 //! - Dropping a `lock()` future at any point, or a `Lock`, leaves no key behind
 //!   (`cancel::dropped_acquisitions_leave_no_keys`, `cancel::dropped_lock_is_released_in_the_background`).
 //! - A minority of nodes down or paused costs at most the node timeout; a majority down fails

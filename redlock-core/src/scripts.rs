@@ -228,3 +228,37 @@ end
 return out"#,
     )
 });
+
+#[cfg(test)]
+mod tests {
+    /// Every key a script touches is declared in KEYS (Dragonfly refuses undeclared keys, and
+    /// Redis Cluster routes by them): each `redis.call` of a command that takes a key names it
+    /// as `KEYS[...]`, never as a name built in the script. Reads the scripts' own sources,
+    /// this module's and `fencing`'s.
+    #[test]
+    fn every_key_a_script_touches_is_declared() {
+        // Commands whose first argument is not a key.
+        const KEYLESS: [&str; 2] = ["TIME", "PUBLISH"];
+        let mut checked = 0;
+        for source in [include_str!("scripts.rs"), include_str!("fencing.rs")] {
+            for call in source.split("redis.call(\"").skip(1) {
+                let Some((command, rest)) = call.split_once('"') else {
+                    continue;
+                };
+                if KEYLESS.contains(&command) {
+                    continue;
+                }
+                let argument = rest.trim_start_matches(',').trim_start();
+                // `KEYS[<index>]` and nothing more: the next thing is `,` or `)`.
+                let declared = argument
+                    .strip_prefix("KEYS[")
+                    .and_then(|index| index.split_once(']'))
+                    .is_some_and(|(_, after)| after.trim_start().starts_with([',', ')']));
+                let shown: String = argument.chars().take(32).collect();
+                assert!(declared, "{command} on an undeclared key: {shown}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "only {checked} calls found");
+    }
+}
