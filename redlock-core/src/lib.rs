@@ -74,6 +74,12 @@
 //!   let a second holder in (`fencing::*`,
 //!   `fencing::a_clock_jump_on_a_majority_never_reorders_fencing_tokens`).
 //! - `lock_many` is all or nothing (`many::*`).
+//! - The quorum is `N/2 + 1` and may only be raised; drift is `ttl × factor + 2 ms` (unit tests
+//!   `config::quorum_may_only_be_raised_up_to_the_node_count`,
+//!   `timing::drift_is_factor_times_ttl_plus_two_ms`).
+//! - Contention and unavailability are different errors, and bad input is a typed error before
+//!   any network call (`acquire::contended_attempt_leaves_none_of_our_keys`,
+//!   `faults::majority_down_fails_fast_as_unavailable`, `input::*`).
 //!
 //! # Waiting, fairness and renewals
 //!
