@@ -2,10 +2,11 @@
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Timeout of each readiness `PING` (a fresh server answers in microseconds).
 const POLL_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long a [`RedisNode::monitor`] read waits before checking the monitor's life again.
+const MONITOR_READ_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Timeout for connect, write and read of [`RedisNode::query`].
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -260,6 +264,47 @@ impl RedisNode {
     /// [`RedisNode::query`] with a custom timeout (per connect, write and read).
     pub fn query_timeout(&self, args: &[&str], timeout: Duration) -> io::Result<Reply> {
         resp::query(self.port, args, timeout)
+    }
+
+    /// Every command the node executes from now on, as `MONITOR` prints it, one line per
+    /// command (commands run by scripts included, tagged `lua`), in the order the node ran
+    /// them. A thread reads them until the receiver is dropped, the node closes the
+    /// connection, or `life` has passed, so it never outlives a test by much.
+    pub fn monitor(&self, life: Duration) -> io::Result<mpsc::Receiver<String>> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(MONITOR_READ_TIMEOUT))?;
+        stream.write_all(b"MONITOR\r\n")?;
+        let mut reader = BufReader::new(stream);
+        let mut ok = String::new();
+        reader.read_line(&mut ok)?;
+        if ok.trim_end() != "+OK" {
+            return Err(io::Error::other(format!("MONITOR answered {ok:?}")));
+        }
+        let (lines, received) = mpsc::channel();
+        let end = Instant::now() + life;
+        thread::spawn(move || {
+            let mut line = String::new();
+            while Instant::now() < end {
+                match reader.read_line(&mut line) {
+                    Ok(0) => return,
+                    Ok(_) if line.ends_with('\n') => {
+                        if lines.send(std::mem::take(&mut line)).is_err() {
+                            return;
+                        }
+                    }
+                    // The end of the stream in the middle of a line: nothing more will come.
+                    Ok(_) => return,
+                    // Timed out, keeping what part of a line came: read on.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(received)
     }
 
     /// `PING`, expecting `PONG`.

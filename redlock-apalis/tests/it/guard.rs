@@ -325,3 +325,43 @@ async fn unreachable_marker_nodes_defer_the_job_instead_of_running_it() {
     })
     .await;
 }
+
+/// The completion marker is read under the lock, never before it: on the nodes, `MONITOR`
+/// shows the delivery's lock SET before its marker read. A read before the lock could see "not
+/// done", then wait while the winner writes its marker and releases, and run the job again.
+/// A straggling SET may reach one node after the read, so two of the three nodes must show the
+/// order; reading first puts the read first on all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_marker_is_read_under_the_lock() {
+    let env = Env::start(Duration::from_secs(5));
+    let config = queue_config("ordered");
+    let tracker = Tracker::new();
+    let seen: Vec<_> = (0..3)
+        .map(|i| env.cluster[i].monitor(Duration::from_secs(30)).unwrap())
+        .collect();
+    let guarded = work.lock_jobs_with(env.redlock.clone(), env.markers.clone(), by_job_key());
+    let _fleet = spawn_worker(&env, &config, "ordered", &tracker, guarded).await;
+    let mut producer = env.storage(&config).await;
+    producer.push(Job::new("ordered", 0)).await.unwrap();
+    eventually("the job acknowledged", Duration::from_secs(10), || {
+        env.count("SCARD", &config.done_jobs_set()) == 1
+    })
+    .await;
+    tracker.read(|r| assert_eq!(r.outcomes("ordered"), [Outcome::Ran]));
+    let mut in_order = 0;
+    for node in seen {
+        let lines: Vec<String> = node.try_iter().collect();
+        let locked = lines
+            .iter()
+            .position(|l| l.contains("\"SET\" \"redlock:job:lock:ordered\""));
+        let read = lines
+            .iter()
+            .position(|l| l.contains("\"redlock:job:done:ordered\""));
+        if let (Some(locked), Some(read)) = (locked, read)
+            && locked < read
+        {
+            in_order += 1;
+        }
+    }
+    assert!(in_order >= 2, "lock before marker on {in_order} of 3 nodes");
+}

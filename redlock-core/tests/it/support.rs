@@ -139,48 +139,12 @@ pub(crate) fn command_calls(node: &redlock_tests::RedisNode, command: &str) -> i
         .unwrap_or(0)
 }
 
-/// Every command `node` executes from now on, as `MONITOR` prints it, one line per command
-/// (commands run by scripts included, tagged `lua`). A thread reads them until the receiver is
-/// dropped, the node closes the connection, or `life` has passed.
+/// [`RedisNode::monitor`](redlock_tests::RedisNode::monitor) on `node`, which must start.
 pub(crate) fn monitor(
     node: &redlock_tests::RedisNode,
     life: Duration,
 ) -> std::sync::mpsc::Receiver<String> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", node.port())).expect("connect for MONITOR");
-    stream
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("read timeout");
-    stream.write_all(b"MONITOR\r\n").expect("send MONITOR");
-    let mut reader = BufReader::new(stream);
-    let mut ok = String::new();
-    reader.read_line(&mut ok).expect("MONITOR answers");
-    assert_eq!(ok.trim_end(), "+OK", "MONITOR started");
-    let (lines, received) = std::sync::mpsc::channel();
-    let end = Instant::now() + life;
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while Instant::now() < end {
-            match reader.read_line(&mut line) {
-                Ok(0) => return,
-                Ok(_) if line.ends_with('\n') => {
-                    if lines.send(std::mem::take(&mut line)).is_err() {
-                        return;
-                    }
-                }
-                // Timed out (keep what part of a line came) or interrupted: read on.
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return,
-            }
-        }
-    });
-    received
+    node.monitor(life).expect("MONITOR starts")
 }
 
 /// The lines `seen` ([`monitor`]) delivers until the node has been quiet for `quiet`, read off
