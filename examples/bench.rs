@@ -1448,13 +1448,17 @@ fn print_tables(results: &[RowResult], args: &Args) {
         for r in throughput {
             for (name, m) in r.clients(args) {
                 println!(
-                    "| {} | {} | {name} | {:.0} | {:.3} | {:.3} | {:.1} | {} | {} | {} | {} |",
+                    "| {} | {} | {name} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
                     r.row.id(),
                     r.row.tasks(args),
                     get(m, "cycles_per_sec"),
                     get(m, "p50_ms"),
                     get(m, "p99_ms"),
-                    get(m, "cpu_us_per_cycle"),
+                    match get(m, "cpu_us_per_cycle") {
+                        // Row Ai cannot tell CPU apart by client.
+                        cpu if cpu.is_nan() => "–".to_owned(),
+                        cpu => format!("{cpu:.1}"),
+                    },
                     get(m, "errors"),
                     get(m, "leftover_keys"),
                     match name {
