@@ -15,10 +15,10 @@
 //!
 //! Options:
 //!
-//! - `--rows A,Ai,B,C,D` rows to run (default all): A one client, sequential; Ai row A with the
-//!   clients taking turns in 20 ms bursts within one run; B 32 and 256 tasks on distinct keys; C
-//!   32 tasks contending for one key (`C1` or `C32` alone runs one of its two rows); D 10,000
-//!   auto-extended locks held at once.
+//! - `--rows A,Ai,B,Bi,C,D` rows to run (default all): A one client, sequential; B 32 and 256
+//!   tasks on distinct keys; Ai and Bi (B32i, B256i) the same with the clients taking turns in
+//!   short bursts within one run; C 32 tasks contending for one key (`C1` or `C32` alone runs
+//!   one of its two rows); D 10,000 auto-extended locks held at once.
 //! - `--secs N` measured seconds per row and client (default 3), after `--warmup N` (default 0.5).
 //! - `--rounds R` repeat every row R times and report medians (default 1).
 //! - `--hold-locks N`, `--hold-secs N`, `--hold-ttl-ms N` shape row D (defaults 10000, 30, 3000).
@@ -71,8 +71,11 @@ const TTL: Duration = Duration::from_secs(10);
 const MAX_CYCLES: u64 = 10_000_000;
 /// Concurrency used to take and release the locks of row D.
 const HOLD_WORKERS: usize = 64;
-/// Length of one client's turn in row Ai.
+/// Length of one client's turn in row Ai; rows Bi take [`BURST_MANY`].
 const BURST: Duration = Duration::from_millis(20);
+/// Length of one client's turn in rows B32i and B256i: long enough that starting and draining
+/// the tasks is a small part of it.
+const BURST_MANY: Duration = Duration::from_millis(100);
 /// Tasks contending in row C.
 const CONTENDERS: usize = 32;
 /// Row C retry pause, for ours and the floor alike: 5 ms plus up to 5 ms of jitter.
@@ -175,7 +178,17 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
     for id in &args.rows {
         match id.as_str() {
             "A" => rows.push(Row::Throughput { id: "A", tasks: 1 }),
-            "AI" => rows.push(Row::Interleaved),
+            "AI" => rows.push(Row::Interleaved { id: "Ai", tasks: 1 }),
+            "BI" => {
+                rows.push(Row::Interleaved {
+                    id: "B32i",
+                    tasks: 32,
+                });
+                rows.push(Row::Interleaved {
+                    id: "B256i",
+                    tasks: 256,
+                });
+            }
             "B" => {
                 rows.push(Row::Throughput {
                     id: "B32",
@@ -217,27 +230,27 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
         let mut ping_rounds = Vec::new();
         // The quorum-deciding floor is a reference for rows A and B only, ping-q for Ai only.
         let mut names = vec!["ours", "floor"];
-        if matches!(row, Row::Throughput { .. } | Row::Interleaved) {
+        if matches!(row, Row::Throughput { .. } | Row::Interleaved { .. }) {
             names.push("floor-q");
         }
-        if matches!(row, Row::Interleaved) {
+        if matches!(row, Row::Interleaved { tasks: 1, .. }) {
             names.push("ping-q");
         }
         names.retain(|name| args.clients.contains(name));
         for round in 0..args.rounds {
-            if matches!(row, Row::Interleaved) {
+            if let Row::Interleaved { id, tasks } = *row {
                 // All clients in one run, taking turns; the rotation is inside.
                 let clients: Vec<Client> = names
                     .iter()
                     .map(|name| Client::named(name, &ours, &floor))
                     .collect();
                 eprintln!(
-                    "row Ai round {}/{}: {}",
+                    "row {id} round {}/{}: {}",
                     round + 1,
                     args.rounds,
                     names.join(", ")
                 );
-                let measured = interleaved(&clients, args).await;
+                let measured = interleaved(&clients, id, tasks, args).await;
                 // Leftovers cannot be told apart by client here: every client reports them.
                 let left = floor.settle(own_nodes, TTL / 2).await?;
                 for (name, mut metrics) in names.iter().zip(measured) {
@@ -263,7 +276,7 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                 let ours_here = match row {
                     Row::Contended { .. } => &ours_contended,
                     Row::Hold => &ours_hold,
-                    Row::Throughput { .. } | Row::Interleaved => &ours,
+                    Row::Throughput { .. } | Row::Interleaved { .. } => &ours,
                 };
                 let client = Client::named(name, ours_here, &floor);
                 eprintln!(
@@ -275,7 +288,9 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                 );
                 let mut metrics = match *row {
                     Row::Throughput { id, tasks } => throughput(&client, id, tasks, args).await,
-                    Row::Interleaved => unreachable!("row Ai runs its clients together, above"),
+                    Row::Interleaved { .. } => {
+                        unreachable!("interleaved rows run their clients together, above")
+                    }
                     Row::Contended { clients: 1, .. } => contended(&[client], args).await,
                     Row::Contended { .. } if ours_turn => contended(&ours_apart, args).await,
                     Row::Contended { .. } => contended(&floors_apart, args).await,
@@ -774,8 +789,11 @@ enum Row {
         id: &'static str,
         tasks: usize,
     },
-    /// Row A with the clients taking turns in bursts ([`interleaved`]).
-    Interleaved,
+    /// Rows A and B with the clients taking turns in bursts ([`interleaved`]).
+    Interleaved {
+        id: &'static str,
+        tasks: usize,
+    },
     /// `CONTENDERS` tasks spread over `clients` clients.
     Contended {
         id: &'static str,
@@ -788,7 +806,7 @@ impl Row {
     /// The metric its ratio ours/floor is taken of (for D, CPU: lower is better).
     fn metric(&self) -> &'static str {
         match self {
-            Row::Throughput { .. } | Row::Interleaved => "cycles_per_sec",
+            Row::Throughput { .. } | Row::Interleaved { .. } => "cycles_per_sec",
             Row::Contended { .. } => "sections_per_sec",
             Row::Hold => "cpu_pct_of_core",
         }
@@ -797,7 +815,7 @@ impl Row {
     fn id(&self) -> &'static str {
         match self {
             Row::Throughput { id, .. } => id,
-            Row::Interleaved => "Ai",
+            Row::Interleaved { id, .. } => id,
             Row::Contended { id, .. } => id,
             Row::Hold => "D",
         }
@@ -806,7 +824,7 @@ impl Row {
     fn tasks(&self, args: &Args) -> usize {
         match *self {
             Row::Throughput { tasks, .. } => tasks,
-            Row::Interleaved => 1,
+            Row::Interleaved { tasks, .. } => tasks,
             Row::Contended { .. } => CONTENDERS,
             Row::Hold => args.hold_locks,
         }
@@ -887,22 +905,24 @@ async fn throughput(client: &Client, row: &'static str, tasks: usize, args: &Arg
     ])
 }
 
-/// Row Ai: row A with every client in one task, taking turns in bursts of [`BURST`] (the order
-/// rotates every pass), for `--secs` per client after the warm-up. The machine's slow and fast
-/// phases, which last far longer than a burst, then fall on every client alike, where row A runs
-/// them one after the other for seconds each. A burst's first cycle may still meet the previous
-/// client's background work (a straggler's release), but only one cycle in a burst can. Returns
-/// each client's metrics, in `clients`' order; CPU cannot be told apart by client here.
-async fn interleaved(clients: &[Client], args: &Args) -> Vec<Metrics> {
+/// Rows Ai, B32i and B256i: rows A, B32 and B256 with the clients taking turns in bursts of
+/// [`BURST`] (one task) or [`BURST_MANY`] (the order rotates every pass), for `--secs` per
+/// client after the warm-up. The machine's slow and fast phases, which last far longer than a
+/// burst, then fall on every client alike, where rows A and B run them one after the other for
+/// seconds each. A burst's first cycles may still meet the previous client's background work
+/// (a straggler's release). Returns each client's metrics, in `clients`' order; CPU cannot be
+/// told apart by client here.
+async fn interleaved(
+    clients: &[Client],
+    row: &'static str,
+    tasks: usize,
+    args: &Args,
+) -> Vec<Metrics> {
     let n = clients.len();
     let warm_end = Instant::now() + args.warmup;
     let end = warm_end + args.secs * n as u32;
-    // On a worker thread, as row A's task is (`main`'s own future runs on another thread).
-    let clients = clients.to_vec();
-    let turns = tokio::spawn(async move { take_turns(&clients, warm_end, end).await });
-    let Ok((samples, busy, errors)) = turns.await else {
-        return vec![Metrics::from([("errors", 1.0)]); n];
-    };
+    let burst = if tasks == 1 { BURST } else { BURST_MANY };
+    let (samples, busy, errors) = take_turns(clients, row, tasks, burst, warm_end, end).await;
     samples
         .into_iter()
         .zip(busy)
@@ -923,10 +943,14 @@ async fn interleaved(clients: &[Client], args: &Args) -> Vec<Metrics> {
         .collect()
 }
 
-/// The loop of row Ai: each client's latency samples (µs), time spent in its measured bursts
-/// and failed cycles.
+/// The loop of the interleaved rows: each client's latency samples (µs), time spent in its
+/// measured bursts and failed cycles. Every burst spawns the client's `tasks` tasks (on the
+/// runtime's workers, as rows A and B do) and ends when the last of them finished its cycle.
 async fn take_turns(
     clients: &[Client],
+    row: &'static str,
+    tasks: usize,
+    burst: Duration,
     warm_end: Instant,
     end: Instant,
 ) -> (Vec<Vec<u32>>, Vec<Duration>, Vec<u64>) {
@@ -934,33 +958,46 @@ async fn take_turns(
     let mut samples: Vec<Vec<u32>> = vec![Vec::with_capacity(1 << 16); n];
     let mut busy = vec![Duration::ZERO; n];
     let mut errors = vec![0u64; n];
-    let mut key = String::with_capacity(64);
-    let mut cycle = 0u64;
     for pass in 0..MAX_CYCLES as usize {
         if Instant::now() >= end {
             break;
         }
         for turn in 0..n {
             let index = (pass + turn) % n;
-            let client = &clients[index];
             let burst_start = Instant::now();
-            let measured = burst_start >= warm_end;
-            while burst_start.elapsed() < BURST {
-                key.clear();
-                let _ = write!(key, "bench:Ai:{}:{cycle}", client.name());
-                cycle += 1;
-                let start = Instant::now();
-                let ok = client.cycle(&key).await;
-                if measured {
-                    if ok {
-                        samples[index].push(micros(start.elapsed()));
-                    } else {
-                        errors[index] += 1;
+            let burst_end = burst_start + burst;
+            let mut set = JoinSet::new();
+            for task in 0..tasks {
+                let client = clients[index].clone();
+                set.spawn(async move {
+                    let (mut mine, mut failed) = (Vec::with_capacity(256), 0u64);
+                    let mut key = String::with_capacity(64);
+                    for cycle in 0..MAX_CYCLES {
+                        if Instant::now() >= burst_end {
+                            break;
+                        }
+                        key.clear();
+                        let _ = write!(key, "bench:{row}:{}:{pass}:{task}:{cycle}", client.name());
+                        let start = Instant::now();
+                        if client.cycle(&key).await {
+                            mine.push(micros(start.elapsed()));
+                        } else {
+                            failed += 1;
+                        }
                     }
-                }
+                    (mine, failed)
+                });
             }
-            if measured {
+            let mut done = Vec::with_capacity(tasks);
+            while let Some(joined) = set.join_next().await {
+                done.push(joined.unwrap_or_else(|_| (Vec::new(), 1)));
+            }
+            if burst_start >= warm_end {
                 busy[index] += burst_start.elapsed();
+                for (mine, failed) in done {
+                    samples[index].extend(mine);
+                    errors[index] += failed;
+                }
             }
         }
     }
@@ -1437,7 +1474,7 @@ fn print_tables(results: &[RowResult], args: &Args) {
     let get = |m: &Metrics, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
     let throughput: Vec<_> = results
         .iter()
-        .filter(|r| matches!(r.row, Row::Throughput { .. } | Row::Interleaved))
+        .filter(|r| matches!(r.row, Row::Throughput { .. } | Row::Interleaved { .. }))
         .collect();
     if !throughput.is_empty() {
         println!("\n## A, B: lock + release of a fresh key per cycle\n");
@@ -1570,14 +1607,14 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: bench [--rows A,Ai,B,C,D] [--secs N] [--warmup N] [--rounds R] \
+const USAGE: &str = "usage: bench [--rows A,Ai,B,Bi,C,D] [--secs N] [--warmup N] [--rounds R] \
 [--hold-locks N] [--hold-secs N] [--hold-ttl-ms N] [--node-timeout-ms N] [--clients ours,floor,floor-q,ping-q] [--hold-here] [--json PATH]";
 
 impl Args {
     /// `None` when only the usage was asked for.
     fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let mut args = Args {
-            rows: ["A", "AI", "B", "C", "D"].map(str::to_owned).to_vec(),
+            rows: ["A", "AI", "B", "BI", "C", "D"].map(str::to_owned).to_vec(),
             secs: Duration::from_secs(3),
             warmup: Duration::from_millis(500),
             rounds: 1,
@@ -1625,13 +1662,12 @@ impl Args {
                         .filter(|r| !r.is_empty())
                         .collect();
                     if args.rows.is_empty()
-                        || args
-                            .rows
-                            .iter()
-                            .any(|r| !["A", "AI", "B", "C", "C1", "C32", "D"].contains(&r.as_str()))
+                        || args.rows.iter().any(|r| {
+                            !["A", "AI", "B", "BI", "C", "C1", "C32", "D"].contains(&r.as_str())
+                        })
                     {
                         return Err(format!(
-                            "--rows takes a list of A, Ai, B, C (or C1, C32), D\n{USAGE}"
+                            "--rows takes a list of A, Ai, B, Bi, C (or C1, C32), D\n{USAGE}"
                         ));
                     }
                 }
