@@ -15,10 +15,10 @@
 //!
 //! Options:
 //!
-//! - `--rows A,Ai,B,Bi,C,D` rows to run (default all): A one client, sequential; B 32 and 256
-//!   tasks on distinct keys; Ai and Bi (B32i, B256i) the same with the clients taking turns in
-//!   short bursts within one run; C 32 tasks contending for one key (`C1` or `C32` alone runs
-//!   one of its two rows); D 10,000 auto-extended locks held at once.
+//! - `--rows A,Ai,B,Bi,C,Ci,D` rows to run (default all): A one client, sequential; B 32 and 256
+//!   tasks on distinct keys; C 32 tasks contending for one key (`C1` or `C32` alone runs one of
+//!   its two rows); Ai, Bi (B32i, B256i) and Ci (C32i) the same with the clients taking turns in
+//!   short bursts within one run; D 10,000 auto-extended locks held at once.
 //! - `--secs N` measured seconds per row and client (default 3), after `--warmup N` (default 0.5).
 //! - `--rounds R` repeat every row R times and report medians (default 1).
 //! - `--hold-locks N`, `--hold-secs N`, `--hold-ttl-ms N` shape row D (defaults 10000, 30, 3000).
@@ -76,6 +76,8 @@ const BURST: Duration = Duration::from_millis(20);
 /// Length of one client's turn in rows B32i and B256i: long enough that starting and draining
 /// the tasks is a small part of it.
 const BURST_MANY: Duration = Duration::from_millis(100);
+/// Length of one client's turn in row C32i: many polling pauses (5-10 ms) and hand-overs long.
+const BURST_CONTENDED: Duration = Duration::from_millis(200);
 /// Tasks contending in row C.
 const CONTENDERS: usize = 32;
 /// Row C retry pause, for ours and the floor alike: 5 ms plus up to 5 ms of jitter.
@@ -167,7 +169,11 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
     let ours_hold = builder().ttl(args.hold_ttl).build()?;
     // Row C32: one client per task, as 32 processes would be (own connections, own queues).
     let (mut ours_apart, mut floors_apart) = (Vec::new(), Vec::new());
-    if args.rows.iter().any(|r| r == "C" || r == "C32") {
+    if args
+        .rows
+        .iter()
+        .any(|r| ["C", "C32", "CI"].contains(&r.as_str()))
+    {
         for _ in 0..CONTENDERS {
             ours_apart.push(Client::Ours(builder().retry(forever).build()?));
             floors_apart.push(Client::Floor(Floor::connect(urls).await?));
@@ -203,19 +209,28 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                 rows.push(Row::Contended {
                     id: "C1",
                     clients: 1,
+                    turns: false,
                 });
                 rows.push(Row::Contended {
                     id: "C32",
                     clients: CONTENDERS,
+                    turns: false,
                 });
             }
             "C1" => rows.push(Row::Contended {
                 id: "C1",
                 clients: 1,
+                turns: false,
+            }),
+            "CI" => rows.push(Row::Contended {
+                id: "C32i",
+                clients: CONTENDERS,
+                turns: true,
             }),
             "C32" => rows.push(Row::Contended {
                 id: "C32",
                 clients: CONTENDERS,
+                turns: false,
             }),
             "D" => rows.push(Row::Hold),
             _ => unreachable!("rows are validated when parsed"),
@@ -238,6 +253,34 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
         }
         names.retain(|name| args.clients.contains(name));
         for round in 0..args.rounds {
+            if let Row::Contended { turns: true, .. } = *row {
+                eprintln!(
+                    "row C32i round {}/{}: {}",
+                    round + 1,
+                    args.rounds,
+                    names.join(", ")
+                );
+                let sets: Vec<&[Client]> = names
+                    .iter()
+                    .map(|name| match *name {
+                        "ours" => ours_apart.as_slice(),
+                        _ => floors_apart.as_slice(),
+                    })
+                    .collect();
+                let measured = contended_turns(&sets, args).await;
+                let left = floor.settle(own_nodes, TTL / 2).await?;
+                for (name, mut metrics) in names.iter().zip(measured) {
+                    if let Some(value) = metrics.get(row.metric()) {
+                        eprintln!("  {name} {}: {value:.1}", row.metric());
+                    }
+                    metrics.insert("leftover_keys", left as f64);
+                    match *name {
+                        "ours" => ours_rounds.push(metrics),
+                        _ => floor_rounds.push(metrics),
+                    }
+                }
+                continue;
+            }
             if let Row::Interleaved { id, tasks } = *row {
                 // All clients in one run, taking turns; the rotation is inside.
                 let clients: Vec<Client> = names
@@ -794,10 +837,12 @@ enum Row {
         id: &'static str,
         tasks: usize,
     },
-    /// `CONTENDERS` tasks spread over `clients` clients.
+    /// `CONTENDERS` tasks spread over `clients` clients; with `turns`, the clients take turns
+    /// in bursts ([`contended_turns`]).
     Contended {
         id: &'static str,
         clients: usize,
+        turns: bool,
     },
     Hold,
 }
@@ -1010,68 +1055,163 @@ async fn take_turns(
 async fn contended(clients: &[Client], args: &Args) -> Metrics {
     let window = Window::new(args);
     let resource = format!("bench:C{}:{}", clients.len(), clients[0].name());
-    // Holders inside the critical section right now: never above 1 unless mutual exclusion broke.
-    let in_cs = Arc::new(AtomicUsize::new(0));
-    let max_in_cs = Arc::new(AtomicUsize::new(0));
-    let overlaps = Arc::new(AtomicU64::new(0));
+    let exclusion = Arc::new(Exclusion::default());
     let mut set = JoinSet::new();
     for task in 0..CONTENDERS {
-        let (client, resource) = (clients[task % clients.len()].clone(), resource.clone());
-        let (in_cs, max_in_cs, overlaps) = (in_cs.clone(), max_in_cs.clone(), overlaps.clone());
-        set.spawn(async move {
-            let mut waits = Vec::with_capacity(1024);
-            let mut errors = 0u64;
-            for _ in 0..MAX_CYCLES {
-                let start = Instant::now();
-                if start >= window.end {
-                    break;
-                }
-                let held = match client.acquire_until(&resource, window.end).await {
-                    Ok(Some(held)) => held,
-                    Ok(None) => break,
-                    Err(()) => {
-                        errors += 1;
-                        continue;
-                    }
-                };
-                let acquired = Instant::now();
-                let inside = in_cs.fetch_add(1, Ordering::SeqCst) + 1;
-                max_in_cs.fetch_max(inside, Ordering::SeqCst);
-                if inside > 1 {
-                    overlaps.fetch_add(1, Ordering::SeqCst);
-                }
-                tokio::task::yield_now().await;
-                in_cs.fetch_sub(1, Ordering::SeqCst);
-                let released = client.release(held).await;
-                if start >= window.warm_end {
-                    waits.push(micros(acquired - start));
-                    if !released {
-                        errors += 1;
-                    }
-                }
-            }
-            (waits, errors)
-        });
+        let client = clients[task % clients.len()].clone();
+        set.spawn(contend(
+            client,
+            resource.clone(),
+            exclusion.clone(),
+            window.warm_end,
+            window.end,
+        ));
     }
     let cpu = cpu_between(window).await;
-    let mut waits = Vec::new();
-    let mut per_task = Vec::new();
-    let mut errors = 0;
+    let mut per_task = Vec::with_capacity(CONTENDERS);
     while let Some(joined) = set.join_next().await {
-        if let Ok((w, e)) = joined {
-            per_task.push(w.len() as f64);
-            waits.extend(w);
-            errors += e;
-        } else {
-            errors += 1;
+        per_task.push(joined.unwrap_or_else(|_| (Vec::new(), 1)));
+    }
+    contended_metrics(per_task, &exclusion, args.secs, cpu)
+}
+
+/// Row C32i: row C32 with the clients taking turns in bursts of [`BURST_CONTENDED`] (the
+/// order rotates every pass), for `--secs` per client after the warm-up, each client on its own
+/// key. Every turn starts the client's 32 contenders and ends when the last one has left (the
+/// waiting ones are dropped at the burst's end, as at the end of row C). Task `i` is always
+/// client `i`, so fairness adds up over the turns.
+async fn contended_turns(sets: &[&[Client]], args: &Args) -> Vec<Metrics> {
+    let n = sets.len();
+    let warm_end = Instant::now() + args.warmup;
+    let end = warm_end + args.secs * n as u32;
+    let exclusions: Vec<Arc<Exclusion>> = (0..n).map(|_| Arc::default()).collect();
+    let mut per_task: Vec<Vec<(Vec<u32>, u64)>> = vec![vec![(Vec::new(), 0); CONTENDERS]; n];
+    let mut busy = vec![Duration::ZERO; n];
+    for pass in 0..MAX_CYCLES as usize {
+        if Instant::now() >= end {
+            break;
         }
+        for turn in 0..n {
+            let index = (pass + turn) % n;
+            let clients = sets[index];
+            let resource = format!("bench:C32i:{}", clients[0].name());
+            let burst_start = Instant::now();
+            let measured = burst_start >= warm_end;
+            // Sections of a warm-up burst are not counted.
+            let count_from = if measured {
+                burst_start
+            } else {
+                burst_start + BURST_CONTENDED
+            };
+            let mut set = JoinSet::new();
+            for task in 0..CONTENDERS {
+                let client = clients[task % clients.len()].clone();
+                let (resource, exclusion) = (resource.clone(), exclusions[index].clone());
+                set.spawn(async move {
+                    let end = burst_start + BURST_CONTENDED;
+                    (
+                        task,
+                        contend(client, resource, exclusion, count_from, end).await,
+                    )
+                });
+            }
+            while let Some(joined) = set.join_next().await {
+                if let Ok((task, (waits, errors))) = joined {
+                    per_task[index][task].0.extend(waits);
+                    per_task[index][task].1 += errors;
+                }
+            }
+            if measured {
+                busy[index] += burst_start.elapsed();
+            }
+        }
+    }
+    per_task
+        .into_iter()
+        .zip(busy)
+        .zip(&exclusions)
+        .map(|((tasks, busy), exclusion)| contended_metrics(tasks, exclusion, busy, None))
+        .collect()
+}
+
+/// Who is inside one contended key's critical section: never more than one unless mutual
+/// exclusion broke.
+#[derive(Default)]
+struct Exclusion {
+    inside: AtomicUsize,
+    most: AtomicUsize,
+    overlaps: AtomicU64,
+}
+
+/// One contender of row C: asks for `resource` until `end`; each time it holds it, checks that
+/// nobody else is inside, yields once (so an overlapping holder would get to run), leaves and
+/// releases, then asks again at once. Returns the waits of the sections it asked for from
+/// `count_from` on, and its errors.
+async fn contend(
+    client: Client,
+    resource: String,
+    exclusion: Arc<Exclusion>,
+    count_from: Instant,
+    end: Instant,
+) -> (Vec<u32>, u64) {
+    let mut waits = Vec::with_capacity(1024);
+    let mut errors = 0u64;
+    for _ in 0..MAX_CYCLES {
+        let start = Instant::now();
+        if start >= end {
+            break;
+        }
+        let held = match client.acquire_until(&resource, end).await {
+            Ok(Some(held)) => held,
+            Ok(None) => break,
+            Err(()) => {
+                errors += 1;
+                continue;
+            }
+        };
+        let acquired = Instant::now();
+        let inside = exclusion.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        exclusion.most.fetch_max(inside, Ordering::SeqCst);
+        if inside > 1 {
+            exclusion.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        tokio::task::yield_now().await;
+        exclusion.inside.fetch_sub(1, Ordering::SeqCst);
+        let released = client.release(held).await;
+        if start >= count_from {
+            waits.push(micros(acquired - start));
+            if !released {
+                errors += 1;
+            }
+        }
+    }
+    (waits, errors)
+}
+
+/// Row C's metrics from each task's waits and errors over `measured` time.
+fn contended_metrics(
+    per_task: Vec<(Vec<u32>, u64)>,
+    exclusion: &Exclusion,
+    measured: Duration,
+    cpu: Option<Duration>,
+) -> Metrics {
+    let mut waits = Vec::new();
+    let mut counts = Vec::with_capacity(per_task.len());
+    let mut errors = 0;
+    for (w, e) in per_task {
+        counts.push(w.len() as f64);
+        waits.extend(w);
+        errors += e;
     }
     waits.sort_unstable();
     let sections = waits.len() as f64;
-    let min = per_task.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = per_task.iter().copied().fold(0.0, f64::max);
+    let min = counts.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = counts.iter().copied().fold(0.0, f64::max);
     Metrics::from([
-        ("sections_per_sec", sections / args.secs.as_secs_f64()),
+        (
+            "sections_per_sec",
+            sections / measured.as_secs_f64().max(f64::MIN_POSITIVE),
+        ),
         ("wait_p50_ms", percentile_ms(&waits, 0.50)),
         ("wait_p99_ms", percentile_ms(&waits, 0.99)),
         ("per_task_min", min),
@@ -1080,8 +1220,8 @@ async fn contended(clients: &[Client], args: &Args) -> Metrics {
             "fairness_max_over_min",
             if min > 0.0 { max / min } else { f64::NAN },
         ),
-        ("max_in_cs", max_in_cs.load(Ordering::SeqCst) as f64),
-        ("overlaps", overlaps.load(Ordering::SeqCst) as f64),
+        ("max_in_cs", exclusion.most.load(Ordering::SeqCst) as f64),
+        ("overlaps", exclusion.overlaps.load(Ordering::SeqCst) as f64),
         (
             "cpu_us_per_section",
             cpu.map_or(f64::NAN, |c| c.as_secs_f64() * 1e6 / sections),
@@ -1607,14 +1747,16 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: bench [--rows A,Ai,B,Bi,C,D] [--secs N] [--warmup N] [--rounds R] \
+const USAGE: &str = "usage: bench [--rows A,Ai,B,Bi,C,Ci,D] [--secs N] [--warmup N] [--rounds R] \
 [--hold-locks N] [--hold-secs N] [--hold-ttl-ms N] [--node-timeout-ms N] [--clients ours,floor,floor-q,ping-q] [--hold-here] [--json PATH]";
 
 impl Args {
     /// `None` when only the usage was asked for.
     fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let mut args = Args {
-            rows: ["A", "AI", "B", "BI", "C", "D"].map(str::to_owned).to_vec(),
+            rows: ["A", "AI", "B", "BI", "C", "CI", "D"]
+                .map(str::to_owned)
+                .to_vec(),
             secs: Duration::from_secs(3),
             warmup: Duration::from_millis(500),
             rounds: 1,
@@ -1663,11 +1805,12 @@ impl Args {
                         .collect();
                     if args.rows.is_empty()
                         || args.rows.iter().any(|r| {
-                            !["A", "AI", "B", "BI", "C", "C1", "C32", "D"].contains(&r.as_str())
+                            !["A", "AI", "B", "BI", "C", "C1", "C32", "CI", "D"]
+                                .contains(&r.as_str())
                         })
                     {
                         return Err(format!(
-                            "--rows takes a list of A, Ai, B, Bi, C (or C1, C32), D\n{USAGE}"
+                            "--rows takes a list of A, Ai, B, Bi, C (or C1, C32), Ci, D\n{USAGE}"
                         ));
                     }
                 }
