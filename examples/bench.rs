@@ -245,7 +245,8 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
         let mut floor_rounds = Vec::new();
         let mut quorum_rounds = Vec::new();
         let mut ping_rounds = Vec::new();
-        // The quorum-deciding floor is a reference for rows A and B only, ping-q for Ai only.
+        // The quorum-deciding floor is a reference for rows A and B (and Ai, Bi) only, ping-q
+        // for Ai only.
         let mut names = vec!["ours", "floor"];
         if matches!(row, Row::Throughput { .. } | Row::Interleaved { .. }) {
             names.push("floor-q");
@@ -255,47 +256,35 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
         }
         names.retain(|name| args.clients.contains(name));
         for round in 0..args.rounds {
-            if let Row::Contended { turns: true, .. } = *row {
+            // Interleaved rows run all their clients together, taking turns (the rotation is
+            // inside).
+            if matches!(
+                row,
+                Row::Interleaved { .. } | Row::Contended { turns: true, .. }
+            ) {
                 eprintln!(
-                    "row C32i round {}/{}: {}",
+                    "row {} round {}/{}: {}",
+                    row.id(),
                     round + 1,
                     args.rounds,
                     names.join(", ")
                 );
-                let sets: Vec<&[Client]> = names
-                    .iter()
-                    .map(|name| match *name {
-                        "ours" => ours_apart.as_slice(),
-                        _ => floors_apart.as_slice(),
-                    })
-                    .collect();
-                let measured = contended_turns(&sets, args).await;
-                let left = floor.settle(own_nodes, TTL / 2).await?;
-                for (name, mut metrics) in names.iter().zip(measured) {
-                    if let Some(value) = metrics.get(row.metric()) {
-                        eprintln!("  {name} {}: {value:.1}", row.metric());
-                    }
-                    metrics.insert("leftover_keys", left as f64);
-                    match *name {
-                        "ours" => ours_rounds.push(metrics),
-                        _ => floor_rounds.push(metrics),
-                    }
-                }
-                continue;
-            }
-            if let Row::Interleaved { id, tasks } = *row {
-                // All clients in one run, taking turns; the rotation is inside.
-                let clients: Vec<Client> = names
-                    .iter()
-                    .map(|name| Client::named(name, &ours, &floor))
-                    .collect();
-                eprintln!(
-                    "row {id} round {}/{}: {}",
-                    round + 1,
-                    args.rounds,
-                    names.join(", ")
-                );
-                let measured = interleaved(&clients, id, tasks, args).await;
+                let measured = if let Row::Interleaved { id, tasks } = *row {
+                    let clients: Vec<Client> = names
+                        .iter()
+                        .map(|name| Client::named(name, &ours, &floor))
+                        .collect();
+                    interleaved(&clients, id, tasks, args).await
+                } else {
+                    let sets: Vec<&[Client]> = names
+                        .iter()
+                        .map(|name| match *name {
+                            "ours" => ours_apart.as_slice(),
+                            _ => floors_apart.as_slice(),
+                        })
+                        .collect();
+                    contended_turns(&sets, args).await
+                };
                 // Leftovers cannot be told apart by client here: every client reports them.
                 let left = floor.settle(own_nodes, TTL / 2).await?;
                 for (name, mut metrics) in names.iter().zip(measured) {
