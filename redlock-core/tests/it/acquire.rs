@@ -209,15 +209,22 @@ async fn every_attempt_of_one_call_sends_its_own_token() {
     });
     let err = redlock.lock("retried").await.unwrap_err();
     assert!(matches!(err, Error::NoQuorum { .. }), "{err}");
-    let mut tokens = Vec::new();
-    while tokens.len() < 4 {
-        let line = seen
-            .recv_timeout(Duration::from_secs(2))
-            .expect("each attempt's SET reaches the live node");
-        if let Some(rest) = line.split("\"SET\" \"redlock:retried\" \"").nth(1) {
-            tokens.push(rest.split('"').next().unwrap_or_default().to_owned());
+    // The last attempt's SET may still be on its way out: read off the runtime's thread, so
+    // that the connection's task can write it meanwhile.
+    let tokens = tokio::task::spawn_blocking(move || {
+        let mut tokens = Vec::new();
+        while tokens.len() < 4 {
+            let line = seen
+                .recv_timeout(Duration::from_secs(2))
+                .expect("each attempt's SET reaches the live node");
+            if let Some(rest) = line.split("\"SET\" \"redlock:retried\" \"").nth(1) {
+                tokens.push(rest.split('"').next().unwrap_or_default().to_owned());
+            }
         }
-    }
+        tokens
+    })
+    .await
+    .unwrap();
     for token in &tokens {
         assert_eq!(token.len(), 32, "{token}");
         assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
