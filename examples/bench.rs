@@ -954,16 +954,49 @@ async fn interleaved(
     tasks: usize,
     args: &Args,
 ) -> Vec<Metrics> {
-    let n = clients.len();
-    let warm_end = Instant::now() + args.warmup;
-    let end = warm_end + args.secs * n as u32;
     let burst = if tasks == 1 { BURST } else { BURST_MANY };
-    let (samples, busy, errors) = take_turns(clients, row, tasks, burst, warm_end, end).await;
-    samples
+    let (turns, busy) = take_turns(clients.len(), burst, args, |index, pass, end| {
+        // Spawned, on the runtime's workers, as rows A and B are.
+        let mut set = JoinSet::new();
+        for task in 0..tasks {
+            let client = clients[index].clone();
+            set.spawn(async move {
+                let (mut mine, mut failed) = (Vec::with_capacity(256), 0u64);
+                let mut key = String::with_capacity(64);
+                for cycle in 0..MAX_CYCLES {
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    key.clear();
+                    let _ = write!(key, "bench:{row}:{}:{pass}:{task}:{cycle}", client.name());
+                    let start = Instant::now();
+                    if client.cycle(&key).await {
+                        mine.push(micros(start.elapsed()));
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (mine, failed)
+            });
+        }
+        async move {
+            let mut done = Vec::with_capacity(tasks);
+            while let Some(joined) = set.join_next().await {
+                done.push(joined.unwrap_or_else(|_| (Vec::new(), 1)));
+            }
+            done
+        }
+    })
+    .await;
+    turns
         .into_iter()
         .zip(busy)
-        .zip(errors)
-        .map(|((mut samples, busy), errors)| {
+        .map(|(turns, busy)| {
+            let (mut samples, mut errors) = (Vec::new(), 0u64);
+            for (mine, failed) in turns.into_iter().flatten() {
+                samples.extend(mine);
+                errors += failed;
+            }
             samples.sort_unstable();
             Metrics::from([
                 (
@@ -979,65 +1012,40 @@ async fn interleaved(
         .collect()
 }
 
-/// The loop of the interleaved rows: each client's latency samples (µs), time spent in its
-/// measured bursts and failed cycles. Every burst spawns the client's `tasks` tasks (on the
-/// runtime's workers, as rows A and B do) and ends when the last of them finished its cycle.
-async fn take_turns(
-    clients: &[Client],
-    row: &'static str,
-    tasks: usize,
+/// The schedule of the interleaved rows: `n` clients take turns of `burst`, in passes that
+/// rotate the order, until each has had `--secs` after the `--warmup`. `turn(client, pass,
+/// end)` starts one turn, which must stop starting work at `end`; a turn lasts until its future
+/// is done. Returns, per client, the results of its measured turns (those that started after
+/// the warm-up) and the time they took.
+async fn take_turns<R, F, Fut>(
+    n: usize,
     burst: Duration,
-    warm_end: Instant,
-    end: Instant,
-) -> (Vec<Vec<u32>>, Vec<Duration>, Vec<u64>) {
-    let n = clients.len();
-    let mut samples: Vec<Vec<u32>> = vec![Vec::with_capacity(1 << 16); n];
+    args: &Args,
+    mut turn: F,
+) -> (Vec<Vec<R>>, Vec<Duration>)
+where
+    F: FnMut(usize, usize, Instant) -> Fut,
+    Fut: Future<Output = R>,
+{
+    let warm_end = Instant::now() + args.warmup;
+    let end = warm_end + args.secs * n as u32;
+    let mut results: Vec<Vec<R>> = (0..n).map(|_| Vec::new()).collect();
     let mut busy = vec![Duration::ZERO; n];
-    let mut errors = vec![0u64; n];
     for pass in 0..MAX_CYCLES as usize {
         if Instant::now() >= end {
             break;
         }
-        for turn in 0..n {
-            let index = (pass + turn) % n;
-            let burst_start = Instant::now();
-            let burst_end = burst_start + burst;
-            let mut set = JoinSet::new();
-            for task in 0..tasks {
-                let client = clients[index].clone();
-                set.spawn(async move {
-                    let (mut mine, mut failed) = (Vec::with_capacity(256), 0u64);
-                    let mut key = String::with_capacity(64);
-                    for cycle in 0..MAX_CYCLES {
-                        if Instant::now() >= burst_end {
-                            break;
-                        }
-                        key.clear();
-                        let _ = write!(key, "bench:{row}:{}:{pass}:{task}:{cycle}", client.name());
-                        let start = Instant::now();
-                        if client.cycle(&key).await {
-                            mine.push(micros(start.elapsed()));
-                        } else {
-                            failed += 1;
-                        }
-                    }
-                    (mine, failed)
-                });
-            }
-            let mut done = Vec::with_capacity(tasks);
-            while let Some(joined) = set.join_next().await {
-                done.push(joined.unwrap_or_else(|_| (Vec::new(), 1)));
-            }
-            if burst_start >= warm_end {
-                busy[index] += burst_start.elapsed();
-                for (mine, failed) in done {
-                    samples[index].extend(mine);
-                    errors[index] += failed;
-                }
+        for offset in 0..n {
+            let index = (pass + offset) % n;
+            let start = Instant::now();
+            let result = turn(index, pass, start + burst).await;
+            if start >= warm_end {
+                busy[index] += start.elapsed();
+                results[index].push(result);
             }
         }
     }
-    (samples, busy, errors)
+    (results, busy)
 }
 
 /// Row C: `CONTENDERS` tasks, spread over `clients`, contend for one key; each takes it, checks
@@ -1072,56 +1080,39 @@ async fn contended(clients: &[Client], args: &Args) -> Metrics {
 /// waiting ones are dropped at the burst's end, as at the end of row C). Task `i` is always
 /// client `i`, so fairness adds up over the turns.
 async fn contended_turns(sets: &[&[Client]], args: &Args) -> Vec<Metrics> {
-    let n = sets.len();
-    let warm_end = Instant::now() + args.warmup;
-    let end = warm_end + args.secs * n as u32;
-    let exclusions: Vec<Arc<Exclusion>> = (0..n).map(|_| Arc::default()).collect();
-    let mut per_task: Vec<Vec<(Vec<u32>, u64)>> = vec![vec![(Vec::new(), 0); CONTENDERS]; n];
-    let mut busy = vec![Duration::ZERO; n];
-    for pass in 0..MAX_CYCLES as usize {
-        if Instant::now() >= end {
-            break;
+    let exclusions: Vec<Arc<Exclusion>> = sets.iter().map(|_| Arc::default()).collect();
+    let (turns, busy) = take_turns(sets.len(), BURST_CONTENDED, args, |index, _, end| {
+        let (clients, start) = (sets[index], Instant::now());
+        let resource = format!("bench:C32i:{}", clients[0].name());
+        let mut set = JoinSet::new();
+        for task in 0..CONTENDERS {
+            let client = clients[task % clients.len()].clone();
+            let (resource, exclusion) = (resource.clone(), exclusions[index].clone());
+            set.spawn(
+                async move { (task, contend(client, resource, exclusion, start, end).await) },
+            );
         }
-        for turn in 0..n {
-            let index = (pass + turn) % n;
-            let clients = sets[index];
-            let resource = format!("bench:C32i:{}", clients[0].name());
-            let burst_start = Instant::now();
-            let measured = burst_start >= warm_end;
-            // Sections of a warm-up burst are not counted.
-            let count_from = if measured {
-                burst_start
-            } else {
-                burst_start + BURST_CONTENDED
-            };
-            let mut set = JoinSet::new();
-            for task in 0..CONTENDERS {
-                let client = clients[task % clients.len()].clone();
-                let (resource, exclusion) = (resource.clone(), exclusions[index].clone());
-                set.spawn(async move {
-                    let end = burst_start + BURST_CONTENDED;
-                    (
-                        task,
-                        contend(client, resource, exclusion, count_from, end).await,
-                    )
-                });
-            }
+        async move {
+            let mut done = Vec::with_capacity(CONTENDERS);
             while let Some(joined) = set.join_next().await {
-                if let Ok((task, (waits, errors))) = joined {
-                    per_task[index][task].0.extend(waits);
-                    per_task[index][task].1 += errors;
-                }
+                done.extend(joined.ok());
             }
-            if measured {
-                busy[index] += burst_start.elapsed();
-            }
+            done
         }
-    }
-    per_task
+    })
+    .await;
+    turns
         .into_iter()
         .zip(busy)
         .zip(&exclusions)
-        .map(|((tasks, busy), exclusion)| contended_metrics(tasks, exclusion, busy, None))
+        .map(|((turns, busy), exclusion)| {
+            let mut per_task = vec![(Vec::new(), 0); CONTENDERS];
+            for (task, (waits, errors)) in turns.into_iter().flatten() {
+                per_task[task].0.extend(waits);
+                per_task[task].1 += errors;
+            }
+            contended_metrics(per_task, exclusion, busy, None)
+        })
         .collect()
 }
 
