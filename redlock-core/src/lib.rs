@@ -84,7 +84,9 @@
 //! # Waiting, fairness and renewals
 //!
 //! Tasks of one process that want the same lock queue in arrival order: only the head of the
-//! line talks to the nodes, and a release hands the lock to the next task at once. Across
+//! line talks to the nodes, and a release hands the lock to the next task at once, as soon as
+//! its deletes are sent and ahead of that task's SETs on each connection
+//! (`acquire::a_release_hands_over_to_a_local_waiter_before_its_replies_come_back`). Across
 //! processes, a waiter joins the lock's wait queue on its sequencer node, which then grants the
 //! key only in turn; the release script wakes exactly the waiter whose turn it is, so waiters are
 //! served in arrival order and a release wakes one process, not all of them

@@ -278,6 +278,11 @@ impl Lock {
     /// so that [`Release::was_expired`] is accurate; so does a client with more than 64 `lock`
     /// and `release` calls in flight, for which finishing in place is cheaper than handing over.
     ///
+    /// A task of this process waiting for the same lock is let go as soon as the deletes are on
+    /// their way, before the nodes answer: its SETs follow them on the same connections, so each
+    /// node runs our delete first, and the hand-over between local tasks costs one round trip
+    /// instead of two.
+    ///
     /// # Errors
     ///
     /// [`Error::NoQuorum`] when fewer than a quorum of nodes answered: the lock may still be held
@@ -303,17 +308,16 @@ impl Lock {
         // token the lock is gone, and the other nodes finish in the background. A node whose SET
         // has not answered yet (a straggler of a vote decided at quorum) is released in the same
         // round, as soon as that SET answers, on the same connection.
-        let tally = votes
-            .release_settled(
-                &state.shared,
-                &state.keys,
-                &state.value,
-                true,
-                false,
-                // A busy client finishes every node here (see `load`).
-                (!state.shared.load.is_busy()).then_some(state.shared.settings.quorum),
-            )
-            .await;
+        let releasing = votes.release_settled(
+            &state.shared,
+            &state.keys,
+            &state.value,
+            true,
+            false,
+            // A busy client finishes every node here (see `load`).
+            (!state.shared.load.is_busy()).then_some(state.shared.settings.quorum),
+        );
+        let tally = pass_turn_once_sent(state, releasing).await;
         let pending = votes.pending();
         if let Some(rest) = guard.take() {
             rest.release_in_background(
@@ -324,6 +328,8 @@ impl Lock {
             );
         }
         drop(guard);
+        // Passed already once the deletes were sent; this covers a release that finished
+        // within its first poll.
         state.pass_turn();
         let quorum = state.shared.settings.quorum;
         let answered = tally.released + tally.absent;
@@ -522,12 +528,36 @@ impl LockState {
     }
 }
 
+/// Runs `releasing` and hands this process's turn for the key to the next local waiter as soon
+/// as the release has been handed to the nodes' connections, before their replies come back.
+///
+/// The first poll of a node's release puts the compare-and-delete in its connection's queue,
+/// and the next waiter's `SET NX` goes through the same connection after it, so each node runs
+/// our delete first and the waiter's SET finds the key free: a hand-over between tasks of one
+/// process costs one round trip (the waiter's SETs) instead of two (our release's replies, then
+/// its SETs). Where the SET does overtake the delete (a node whose release still waits behind
+/// our own unanswered SET, or a connection replaced meanwhile), `SET NX` finds our key and fails
+/// on that node: the waiter loses a vote, never exclusion, and is woken by the release to try
+/// again.
+async fn pass_turn_once_sent<T>(state: &LockState, releasing: impl Future<Output = T>) -> T {
+    let mut releasing = std::pin::pin!(releasing);
+    std::future::poll_fn(|cx| {
+        let progress = releasing.as_mut().poll(cx);
+        if progress.is_pending() {
+            state.pass_turn();
+        }
+        progress
+    })
+    .await
+}
+
 impl Drop for Lock {
     fn drop(&mut self) {
         let state = &self.state;
         state.stop();
         // The next local waiter may race our background release; it then retries after its
-        // pause. `release` avoids that by passing the turn only once the keys are gone.
+        // pause. `release` avoids that by passing the turn only once its deletes are queued on
+        // the connections, ahead of the waiter's SETs.
         state.pass_turn();
         // `release` holds the mutex while it runs; if it was dropped mid-way, the votes are still
         // here. When the mutex is busy (an extension settling stragglers), wait for it in a task.

@@ -8,11 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redlock_core::{Error, LockOptions, Retry};
+use redlock_core::{Error, LockOptions, Redlock, Retry};
+use redlock_tests::{ProxyMode, ProxySet};
 
 use crate::support::{
     Overlap, cluster, eventually, gone_everywhere, lines_until_quiet, monitor, redlock,
-    redlock_with, stall_all,
+    redlock_with, stall_all, stored_everywhere,
 };
 
 /// Rule 1 and 4: the deadline is `T1 + ttl − drift` with T1 taken before the first send, so time
@@ -413,6 +414,67 @@ async fn local_waiters_queue_fairly_and_never_overlap() {
         task.await.unwrap();
     }
     assert_eq!(overlap.max(), 1);
+}
+
+/// A release hands the lock to the next task of the same process as soon as its deletes are
+/// on their way: the waiter's SETs follow them on the same connections, so every node deletes
+/// our key first and the hand-over costs the waiter's round trip only. The nodes sit behind
+/// proxies that hold every reply for 2 s, and the waiter's token is on a quorum of nodes while
+/// the release still waits for its replies. Passing the turn once the release has returned, the
+/// key would stay gone for those 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_hands_over_to_a_local_waiter_before_its_replies_come_back() {
+    let nodes = cluster(3);
+    let proxies = ProxySet::new(&nodes).expect("proxies start");
+    let redlock = Redlock::builder()
+        .nodes(proxies.urls())
+        .ttl(Duration::from_secs(30))
+        .node_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let key = "redlock:handover";
+    // Once first, so that every node has the release scripts cached: a NOSCRIPT answer would
+    // come back late too, and the script run only after it.
+    redlock
+        .lock("handover")
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let held = redlock.lock("handover").await.unwrap();
+    assert!(stored_everywhere(&nodes, key).await);
+    let ours = crate::support::values(&nodes, key)[0].clone();
+    let waiter = tokio::spawn({
+        let redlock = redlock.clone();
+        async move { redlock.lock("handover").await }
+    });
+    proxies.set_all(ProxyMode::delay_replies(
+        Duration::from_secs(2),
+        Duration::ZERO,
+    ));
+    let releasing = tokio::spawn(held.release());
+    let handed = eventually(Duration::from_millis(1500), || {
+        let values = crate::support::values(&nodes, key);
+        values.iter().filter(|v| v.is_some() && **v != ours).count() >= 2
+    })
+    .await;
+    assert!(
+        handed,
+        "the waiter's SETs reached the nodes behind the deletes: {:?}, waiter done: {}",
+        crate::support::values(&nodes, key),
+        waiter.is_finished()
+    );
+    assert!(
+        !releasing.is_finished(),
+        "handed over while the release still waited for its replies"
+    );
+    proxies.heal_all();
+    let release = releasing.await.unwrap().unwrap();
+    assert!(release.released >= 2, "{release:?}");
+    let lock = waiter.await.unwrap().expect("the waiter holds the lock");
+    assert!(lock.is_valid());
+    lock.release().await.unwrap();
 }
 
 /// `try_lock` sees a local holder without asking the nodes.
