@@ -18,7 +18,7 @@ use crate::{
     fencing::FencingToken,
     local::Turn,
     lost::{Deadline, LockLost},
-    node::Keys,
+    node::{Keys, Node},
     redlock::Shared,
     timing,
     votes::Votes,
@@ -317,7 +317,11 @@ impl Lock {
             // A busy client finishes every node here (see `load`).
             (!state.shared.load.is_busy()).then_some(state.shared.settings.quorum),
         );
-        let tally = pass_turn_once_sent(state, releasing).await;
+        let tally = if state.shared.nodes.iter().all(Node::keeps_order) {
+            pass_turn_once_sent(state, releasing).await
+        } else {
+            releasing.await
+        };
         let pending = votes.pending();
         if let Some(rest) = guard.take() {
             rest.release_in_background(
@@ -538,7 +542,8 @@ impl LockState {
 /// its SETs). Where the SET does overtake the delete (a node whose release still waits behind
 /// our own unanswered SET, or a connection replaced meanwhile), `SET NX` finds our key and fails
 /// on that node: the waiter loses a vote, never exclusion, and is woken by the release to try
-/// again.
+/// again. Over pools the user built, where two commands may take different connections, the
+/// turn passes only once the release has returned.
 async fn pass_turn_once_sent<T>(state: &LockState, releasing: impl Future<Output = T>) -> T {
     let mut releasing = std::pin::pin!(releasing);
     std::future::poll_fn(|cx| {

@@ -216,6 +216,13 @@ impl Node {
         }
     }
 
+    /// Whether every command goes through the one cached connection (our own pool), so that
+    /// two commands sent one after the other reach the node in that order. A pool the user
+    /// built hands each command the connection it checks out, which may differ.
+    pub(crate) fn keeps_order(&self) -> bool {
+        matches!(self.pool, Pool::Managed(_))
+    }
+
     pub(crate) fn client(&self) -> Option<&Client> {
         self.client.as_ref()
     }
