@@ -35,7 +35,9 @@ use crate::{
 ///
 /// Dropping a `Lock` without calling [`release`](Lock::release) stops its auto-extension and
 /// spawns a best-effort release on the current tokio runtime (if there is none, the keys expire
-/// by their ttl). Prefer `release`: it reports what happened and lets you wait for it.
+/// by their ttl). The deletes are on their connections before `drop` returns, so a task of
+/// this process waiting for the same lock takes it over in one round trip, as after `release`.
+/// Prefer `release`: it reports what happened and lets you wait for it.
 #[must_use = "dropping a Lock releases it in the background at once; hold it for the critical section and call release()"]
 pub struct Lock {
     state: Arc<LockState>,
@@ -560,10 +562,6 @@ impl Drop for Lock {
     fn drop(&mut self) {
         let state = &self.state;
         state.stop();
-        // The next local waiter may race our background release; it then retries after its
-        // pause. `release` avoids that by passing the turn only once its deletes are queued on
-        // the connections, ahead of the waiter's SETs.
-        state.pass_turn();
         // `release` holds the mutex while it runs; if it was dropped mid-way, the votes are still
         // here. When the mutex is busy (an extension settling stragglers), wait for it in a task.
         match state.votes.try_lock() {
@@ -577,8 +575,14 @@ impl Drop for Lock {
                         true,
                     );
                 }
+                // Only now: the deletes are queued on the connections, so the next local
+                // waiter's SETs follow them, as after `release` (`pass_turn_once_sent`).
+                state.pass_turn();
             }
             Err(_) => {
+                // The release waits for the mutex in a task: the next local waiter may race it,
+                // and then waits to be woken by it.
+                state.pass_turn();
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let state = state.clone();
                     runtime.spawn(async move {

@@ -12,7 +12,7 @@ use std::{
     future::{Future, poll_fn},
     pin::Pin,
     sync::Arc,
-    task::Poll,
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::{
     error::{NodeError, NodeErrorKind},
+    finisher::Chore,
     node::{Fair, Keys, Link, Vote, Wake},
     notify::sequencer,
     redlock::Shared,
@@ -620,8 +621,10 @@ impl Votes {
 
     /// Hands the stragglers, the releases in flight and the doubtful nodes to the client's
     /// [`Finisher`](crate::finisher::Finisher) (used when the caller will not wait, or is gone):
-    /// each node's release goes out as its slot allows (a straggler's behind its SET) and is
-    /// tried once. Needs a tokio runtime; without one the keys expire by ttl.
+    /// each node's release goes out as its slot allows (a straggler's behind its SET), and one
+    /// that got no answer is tried again ([`BACKGROUND_TRIES`] in all). The releases that can go
+    /// out at once are queued on their connections before this returns. Needs a tokio runtime;
+    /// without one the keys expire by ttl.
     pub(crate) fn release_in_background(
         mut self,
         shared: Arc<Shared>,
@@ -641,7 +644,7 @@ impl Votes {
                 continue;
             };
             let undo = self.undo(&shared, index, &keys, &value, announce);
-            shared.finisher.hand(Box::pin(async move {
+            let mut chore: Chore = Box::pin(async move {
                 let (mut result, link) = release.await;
                 // Nobody waits for this one, and a key left behind blocks the resource for a
                 // whole ttl: a release that got no answer (an overloaded or restarting node; a
@@ -665,7 +668,21 @@ impl Votes {
                         "background release failed: the key expires by its ttl"
                     ),
                 }
-            }));
+            });
+            // Polled once here, so the compare-and-delete is in its connection's queue when this
+            // returns, ahead of whatever is sent next (the SETs of a local task the lock's turn
+            // passes to). The finisher's own polls register its waker from then on. Not while
+            // the thread unwinds (a `Lock` dropped by a panic): the finisher does it all then.
+            if !std::thread::panicking()
+                && tokio::runtime::Handle::try_current().is_ok()
+                && chore
+                    .as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()))
+                    .is_ready()
+            {
+                continue;
+            }
+            shared.finisher.hand(chore);
         }
     }
 }
