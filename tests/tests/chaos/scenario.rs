@@ -179,8 +179,23 @@ pub(crate) async fn run(
     asserted: &[Property],
     extra: impl Fn(&[Record], &NemesisLog) -> Vec<String>,
 ) -> Report {
+    run_tasks(scenario, 1, asserted, extra).await
+}
+
+/// [`run`] with `per_client` tasks per client sharing its `Redlock`, so that they also queue for
+/// each other's locks inside the client and take them over from each other.
+pub(crate) async fn run_tasks(
+    scenario: Scenario,
+    per_client: usize,
+    asserted: &[Property],
+    extra: impl Fn(&[Record], &NemesisLog) -> Vec<String>,
+) -> Report {
     let profile = Profile::from_env();
-    let name = scenario.name();
+    // Its own name (and history file) when tasks share clients.
+    let name = match per_client {
+        1 => scenario.name().to_owned(),
+        n => format!("{}-{n}-tasks-per-client", scenario.name()),
+    };
     eprintln!(
         "chaos {name}: REDLOCK_CHAOS_SEED={} REDLOCK_CHAOS_SECS={:.1}",
         profile.seed,
@@ -208,10 +223,11 @@ pub(crate) async fn run(
     let tasks: Vec<_> = rig
         .clients
         .iter()
-        .cloned()
-        .map(|client| {
+        .flat_map(|client| (0..per_client).map(move |task| (client.clone(), task)))
+        .map(|(client, task)| {
             tokio::spawn(workload::run_client(
                 client,
+                task,
                 world.clone(),
                 profile.seed,
                 stop,
@@ -242,7 +258,7 @@ pub(crate) async fn run(
     config.majority_down = log.majority_down.clone();
     let records = rig.recorder.snapshot();
     let extra = extra(&records, &log);
-    judge(name, &profile, &records, &config, asserted, &extra)
+    judge(&name, &profile, &records, &config, asserted, &extra)
 }
 
 #[cfg(test)]

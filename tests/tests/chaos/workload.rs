@@ -271,11 +271,18 @@ fn pause(rng: &mut StdRng, held: &Held, max: Duration) -> Duration {
     Duration::from_micros(rng.random_range(0..=nanos(limit) / 1_000))
 }
 
-/// The loop of one client until `stop`: lock a random resource, update both stores, maybe
-/// extend, release.
-pub(crate) async fn run_client(client: Client, world: Arc<World>, seed: u64, stop: Instant) {
-    let mut rng =
-        StdRng::seed_from_u64(seed ^ (client.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+/// The loop of one task of a client until `stop`: lock a random resource, update both stores,
+/// maybe extend, release. Tasks of one client share its `Redlock` (`task` only seeds their
+/// choices apart), as the tasks of one process would.
+pub(crate) async fn run_client(
+    client: Client,
+    task: usize,
+    world: Arc<World>,
+    seed: u64,
+    stop: Instant,
+) {
+    let stream = (client.id as u64) | ((task as u64) << 32);
+    let mut rng = StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let hold = Duration::from_millis(40);
     for _ in 0..MAX_ITERATIONS {
         if Instant::now() >= stop {
