@@ -548,9 +548,11 @@ impl LockState {
 /// turn passes only once the release has returned.
 async fn pass_turn_once_sent<T>(state: &LockState, releasing: impl Future<Output = T>) -> T {
     let mut releasing = std::pin::pin!(releasing);
+    let mut passed = false;
     std::future::poll_fn(|cx| {
         let progress = releasing.as_mut().poll(cx);
-        if progress.is_pending() {
+        if progress.is_pending() && !passed {
+            passed = true;
             state.pass_turn();
         }
         progress
