@@ -453,14 +453,12 @@ async fn hand_over_to_a_local_waiter<T>(end: impl FnOnce(redlock_core::Lock) -> 
         .unwrap();
     let key = "redlock:handover";
     // Once first, so that every node has the release scripts cached: a NOSCRIPT answer would
-    // come back late too, and the script run only after it.
-    redlock
-        .lock("handover")
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    // come back late too, and the script run only after it. Every node answers each step
+    // before the next, so that no straggling SET or release of it meets the lock below.
+    let warm = redlock.lock("handover").await.unwrap();
+    assert!(stored_everywhere(&nodes, key).await);
+    warm.release().await.unwrap();
+    assert!(gone_everywhere(&nodes, key).await);
     let held = redlock.lock("handover").await.unwrap();
     assert!(stored_everywhere(&nodes, key).await);
     let ours = crate::support::values(&nodes, key)[0].clone();
