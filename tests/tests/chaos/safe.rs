@@ -4,7 +4,7 @@
 use crate::checker::{Property, SAFE};
 use crate::history::{Outcome, Record};
 use crate::nemesis::{NemesisLog, Scenario};
-use crate::scenario::{run, run_tasks};
+use crate::scenario::{Shape, run, run_shaped};
 
 /// The safe properties but P3, for runs where fence counters can be lost.
 fn without_fencing() -> Vec<Property> {
@@ -56,7 +56,11 @@ async fn s4_asymmetric_partitions_are_safe_and_live() {
 /// must show such hand-overs, and every safe property must hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s4_tasks_sharing_a_client_hand_over_safely_under_partitions() {
-    run_tasks(Scenario::S4, 3, SAFE, |records, _| {
+    let shape = Shape {
+        tasks_per_client: 3,
+        ..Shape::default()
+    };
+    run_shaped(Scenario::S4, shape, SAFE, |records, _| {
         if local_hand_overs(records) > 0 {
             Vec::new()
         } else {
@@ -64,6 +68,20 @@ async fn s4_tasks_sharing_a_client_hand_over_safely_under_partitions() {
         }
     })
     .await;
+}
+
+/// Unfenced clients wait in each resource's queue on its sequencer node, and S1 pauses nodes,
+/// the sequencers among them: waiters must still be served safely, and every resource keep
+/// moving, while the node that orders them is frozen. (Fenced clients, as in every other
+/// scenario, never use the queue.) Two tasks per client, so local hand-overs run too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_unfenced_waiters_queue_safely_while_a_sequencer_is_paused() {
+    let shape = Shape {
+        tasks_per_client: 2,
+        fencing: false,
+    };
+    let report = run_shaped(Scenario::S1, shape, &without_fencing(), nothing).await;
+    assert!(report.stats.grants > 0, "no acquisition at all");
 }
 
 /// Granted acquisitions that were waiting while another task of the same client released the

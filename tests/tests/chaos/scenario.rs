@@ -179,29 +179,54 @@ pub(crate) async fn run(
     asserted: &[Property],
     extra: impl Fn(&[Record], &NemesisLog) -> Vec<String>,
 ) -> Report {
-    run_tasks(scenario, 1, asserted, extra).await
+    run_shaped(scenario, Shape::default(), asserted, extra).await
 }
 
-/// [`run`] with `per_client` tasks per client sharing its `Redlock`, so that they also queue for
-/// each other's locks inside the client and take them over from each other.
-pub(crate) async fn run_tasks(
+/// How the clients of a run are built.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// Tasks per client sharing its `Redlock`: with more than one, they also queue for each
+    /// other's locks inside the client and take them over from each other.
+    pub(crate) tasks_per_client: usize,
+    /// Fenced clients (the default) never use the wait queue; unfenced ones queue on each
+    /// resource's sequencer node when they find it held.
+    pub(crate) fencing: bool,
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape {
+            tasks_per_client: 1,
+            fencing: true,
+        }
+    }
+}
+
+/// [`run`] with clients of another [`Shape`].
+pub(crate) async fn run_shaped(
     scenario: Scenario,
-    per_client: usize,
+    shape: Shape,
     asserted: &[Property],
     extra: impl Fn(&[Record], &NemesisLog) -> Vec<String>,
 ) -> Report {
     let profile = Profile::from_env();
-    // Its own name (and history file) when tasks share clients.
-    let name = match per_client {
-        1 => scenario.name().to_owned(),
-        n => format!("{}-{n}-tasks-per-client", scenario.name()),
-    };
+    // Its own name (and history file) for every shape but the default.
+    let mut name = scenario.name().to_owned();
+    if shape.tasks_per_client > 1 {
+        name += &format!("-{}-tasks-per-client", shape.tasks_per_client);
+    }
+    if !shape.fencing {
+        name += "-unfenced";
+    }
     eprintln!(
         "chaos {name}: REDLOCK_CHAOS_SEED={} REDLOCK_CHAOS_SECS={:.1}",
         profile.seed,
         profile.duration.as_secs_f64()
     );
-    let settings = settings();
+    let settings = Settings {
+        fencing: shape.fencing,
+        ..settings()
+    };
     let persistence = match scenario {
         Scenario::S5 => Persistence::AofAlways,
         _ => Persistence::None,
@@ -223,7 +248,7 @@ pub(crate) async fn run_tasks(
     let tasks: Vec<_> = rig
         .clients
         .iter()
-        .flat_map(|client| (0..per_client).map(move |task| (client.clone(), task)))
+        .flat_map(|client| (0..shape.tasks_per_client).map(move |task| (client.clone(), task)))
         .map(|(client, task)| {
             tokio::spawn(workload::run_client(
                 client,
@@ -257,8 +282,26 @@ pub(crate) async fn run_tasks(
     config.progress_gap = nanos((settings.ttl * 6).max(Duration::from_secs(2)));
     config.majority_down = log.majority_down.clone();
     let records = rig.recorder.snapshot();
-    let extra = extra(&records, &log);
+    let mut extra = extra(&records, &log);
+    if !shape.fencing && queue_joins(&rig.cluster) == 0 {
+        extra.push(format!("{name}: no waiter ever joined a wait queue"));
+    }
     judge(&name, &profile, &records, &config, asserted, &extra)
+}
+
+/// How many times a waiter joined a wait queue on the nodes that answer: the queue script is
+/// the only caller of `RPUSH` (`INFO commandstats`).
+fn queue_joins(cluster: &Cluster) -> i64 {
+    cluster
+        .iter()
+        .filter_map(|node| node.query(&["INFO", "commandstats"]).ok())
+        .filter_map(|info| {
+            let info = info.as_str()?.to_owned();
+            let line = info.lines().find(|l| l.starts_with("cmdstat_rpush:"))?;
+            let calls = line.split_once("calls=")?.1.split(',').next()?;
+            calls.parse::<i64>().ok()
+        })
+        .sum()
 }
 
 #[cfg(test)]
