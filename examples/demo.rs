@@ -261,6 +261,9 @@ async fn contend(
         if !lock.is_valid() {
             warn!("{name} worked past its deadline: the lock was no longer safe");
         }
+        // The next task in line may log that it holds the lock before this release returns: it
+        // is let go as soon as our deletes are on their way, and its SETs follow them.
+        info!("{name} is done and releases");
         match report_release(&name, lock, redlock.node_count()).await {
             Ok(()) => {}
             // On ctrl-c the terminal may have stopped the local nodes as well; the keys expire
