@@ -84,14 +84,17 @@
 //! # Waiting, fairness and renewals
 //!
 //! Tasks of one process that want the same lock queue in arrival order: only the head of the
-//! line talks to the nodes, and a release hands the lock to the next task at once, as soon as
-//! its deletes are sent and ahead of that task's SETs on each connection
-//! (`acquire::a_release_hands_over_to_a_local_waiter_before_its_replies_come_back`). Across
-//! processes, a waiter joins the lock's wait queue on its sequencer node, which then grants the
-//! key only in turn; the release script wakes exactly the waiter whose turn it is, so waiters are
-//! served in arrival order and a release wakes one process, not all of them
-//! (`queue::*`, `queue::a_release_wakes_only_the_waiter_in_turn`). The queue only orders who asks first: a lock still needs a quorum of `SET NX`.
-//! The retry pause is only a fallback bound. Auto-extended locks are renewed in batches of up to
+//! line talks to the nodes, and a release (or a dropped lock) hands the lock to the next task at
+//! once, as soon as its deletes are sent and ahead of that task's SETs on each connection
+//! (`acquire::a_release_hands_over_to_a_local_waiter_before_its_replies_come_back`,
+//! `acquire::a_dropped_lock_hands_over_to_a_local_waiter_behind_its_deletes`); the lock still
+//! leaves the nodes in between, so other processes get their turn
+//! (`queue::local_hand_overs_do_not_starve_a_waiter_in_another_process`). Across processes, a
+//! waiter joins the lock's wait queue on its sequencer node, which then grants the key only in
+//! turn; the release script wakes exactly the waiter whose turn it is, so waiters are served in
+//! arrival order and a release wakes one process, not all of them (`queue::*`,
+//! `queue::a_release_wakes_only_the_waiter_in_turn`). The queue only orders who asks first: a
+//! lock still needs a quorum of `SET NX`. The retry pause is only a fallback bound. Auto-extended locks are renewed in batches of up to
 //! 100 per node and script call.
 //!
 //! # Fencing
