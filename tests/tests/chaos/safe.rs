@@ -84,6 +84,18 @@ async fn s1_unfenced_waiters_queue_safely_while_a_sequencer_is_paused() {
     assert!(report.stats.grants > 0, "no acquisition at all");
 }
 
+/// S4's partitions with unfenced clients: a client may lose the sequencer node its queue lives
+/// on while the others still reach it, and must still be safe and the resources keep moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_unfenced_waiters_queue_safely_under_partitions() {
+    let shape = Shape {
+        tasks_per_client: 2,
+        fencing: false,
+    };
+    let report = run_shaped(Scenario::S4, shape, &without_fencing(), nothing).await;
+    assert!(report.stats.grants > 0, "no acquisition at all");
+}
+
 /// Granted acquisitions that were waiting while another task of the same client released the
 /// same resource: the lock passed from one task to the other inside the client.
 fn local_hand_overs(records: &[Record]) -> usize {
