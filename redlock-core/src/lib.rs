@@ -94,8 +94,8 @@
 //! turn; the release script wakes exactly the waiter whose turn it is, so waiters are served in
 //! arrival order and a release wakes one process, not all of them (`queue::*`,
 //! `queue::a_release_wakes_only_the_waiter_in_turn`). The queue only orders who asks first: a
-//! lock still needs a quorum of `SET NX`. The retry pause is only a fallback bound. Auto-extended locks are renewed in batches of up to
-//! 100 per node and script call.
+//! lock still needs a quorum of `SET NX`. The retry pause is only a fallback bound.
+//! Auto-extended locks are renewed in batches of up to 100 per node and script call.
 //!
 //! # Fencing
 //!

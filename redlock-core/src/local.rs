@@ -5,8 +5,8 @@
 //! again (it is already awake), and waits are long and unfair. With it, only the task at the head
 //! of the process's queue talks to the nodes; when a local holder releases, the next task in line
 //! is woken as soon as the deletes are sent (before their replies) and acquires in one round
-//! trip, its SETs queued behind the deletes on the same connections. Tasks of *other* processes still compete
-//! through the nodes as usual, so this adds exclusion and never weakens it.
+//! trip, its SETs queued behind the deletes on the same connections. Tasks of *other* processes
+//! still compete through the nodes as usual, so this adds exclusion and never weakens it.
 
 use std::{
     collections::{HashMap, VecDeque},
