@@ -296,8 +296,10 @@ fn queue_joins(cluster: &Cluster) -> i64 {
         .iter()
         .filter_map(|node| node.query(&["INFO", "commandstats"]).ok())
         .filter_map(|info| {
-            let info = info.as_str()?.to_owned();
-            let line = info.lines().find(|l| l.starts_with("cmdstat_rpush:"))?;
+            let line = info
+                .as_str()?
+                .lines()
+                .find(|l| l.starts_with("cmdstat_rpush:"))?;
             let calls = line.split_once("calls=")?.1.split(',').next()?;
             calls.parse::<i64>().ok()
         })
