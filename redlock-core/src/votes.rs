@@ -635,7 +635,13 @@ impl Votes {
         if self.is_clean() {
             return;
         }
+        // Releases already in flight (a `release` that returned at its quorum, or was dropped
+        // mid-way) have been polled; the ones started here have not (a bit per node).
+        let mut started_here = 0_u64;
         for index in 0..self.slots.len() {
+            if !matches!(self.slots[index], Slot::Releasing { .. }) && index < 64 {
+                started_here |= 1 << index;
+            }
             self.start_release(&shared, index, &keys, &value, announce);
         }
         for index in 0..self.slots.len() {
@@ -669,11 +675,14 @@ impl Votes {
                     ),
                 }
             });
-            // Polled once here, so the compare-and-delete is in its connection's queue when this
-            // returns, ahead of whatever is sent next (the SETs of a local task the lock's turn
-            // passes to). The finisher's own polls register its waker from then on. Not while
-            // the thread unwinds (a `Lock` dropped by a panic): the finisher does it all then.
-            if !std::thread::panicking()
+            // A release started here is polled once here, so the compare-and-delete is in its
+            // connection's queue when this returns, ahead of whatever is sent next (the SETs of
+            // a local task the lock's turn passes to). The finisher's own polls register its
+            // waker from then on. Not while the thread unwinds (a `Lock` dropped by a panic):
+            // the finisher does it all then.
+            if index < 64
+                && started_here & (1 << index) != 0
+                && !std::thread::panicking()
                 && tokio::runtime::Handle::try_current().is_ok()
                 && chore
                     .as_mut()
