@@ -18,7 +18,7 @@ use crate::{
     fencing::FencingToken,
     local::Turn,
     lost::{Deadline, LockLost},
-    node::{Keys, Node},
+    node::Keys,
     redlock::Shared,
     timing,
     votes::Votes,
@@ -319,7 +319,7 @@ impl Lock {
             // A busy client finishes every node here (see `load`).
             (!state.shared.load.is_busy()).then_some(state.shared.settings.quorum),
         );
-        let tally = if state.shared.nodes.iter().all(Node::keeps_order) {
+        let tally = if state.shared.keeps_order {
             pass_turn_once_sent(state, releasing).await
         } else {
             releasing.await

@@ -135,6 +135,9 @@ pub(crate) struct Shared {
     pub(crate) finisher: Finisher,
     /// The `lock` and `release` calls in flight.
     pub(crate) load: Load,
+    /// Every node sends all commands through one connection (our own pools), so a release can
+    /// let the next local waiter go as soon as its deletes are sent (see `Lock::release`).
+    pub(crate) keeps_order: bool,
 }
 
 impl fmt::Debug for Redlock {
@@ -224,6 +227,7 @@ impl Redlock {
         Redlock {
             shared: Arc::new(Shared {
                 config,
+                keeps_order: nodes.iter().all(Node::keeps_order),
                 notifier: Arc::new(Notifier::new(
                     nodes.iter().filter_map(|n| n.client().cloned()).collect(),
                     settings.node_timeout,
