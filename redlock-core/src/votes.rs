@@ -635,16 +635,11 @@ impl Votes {
         if self.is_clean() {
             return;
         }
-        // Releases already in flight (a `release` that returned at its quorum, or was dropped
-        // mid-way) have been polled; the ones started here have not (a bit per node).
-        let mut started_here = 0_u64;
         for index in 0..self.slots.len() {
-            if !matches!(self.slots[index], Slot::Releasing { .. }) && index < 64 {
-                started_here |= 1 << index;
-            }
+            // A release already in flight (of a `release` that returned at its quorum, or was
+            // dropped mid-way) has been polled; one started here has not.
+            let started_here = !matches!(self.slots[index], Slot::Releasing { .. });
             self.start_release(&shared, index, &keys, &value, announce);
-        }
-        for index in 0..self.slots.len() {
             let slot = std::mem::replace(&mut self.slots[index], Slot::Unsent);
             let Slot::Releasing { release, .. } = slot else {
                 continue;
@@ -680,8 +675,7 @@ impl Votes {
             // a local task the lock's turn passes to). The finisher's own polls register its
             // waker from then on. Not while the thread unwinds (a `Lock` dropped by a panic):
             // the finisher does it all then.
-            if index < 64
-                && started_here & (1 << index) != 0
+            if started_here
                 && !std::thread::panicking()
                 && tokio::runtime::Handle::try_current().is_ok()
                 && chore
