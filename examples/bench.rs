@@ -321,13 +321,17 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                     client.name()
                 );
                 let mut metrics = match *row {
-                    Row::Throughput { id, tasks } => throughput(&client, id, tasks, args).await,
+                    Row::Throughput { id, tasks } => {
+                        throughput(&client, id, tasks, args, &floor).await
+                    }
                     Row::Interleaved { .. } => {
                         unreachable!("interleaved rows run their clients together, above")
                     }
-                    Row::Contended { clients: 1, .. } => contended(&[client], args).await,
-                    Row::Contended { .. } if ours_turn => contended(&ours_apart, args).await,
-                    Row::Contended { .. } => contended(&floors_apart, args).await,
+                    Row::Contended { clients: 1, .. } => contended(&[client], args, &floor).await,
+                    Row::Contended { .. } if ours_turn => {
+                        contended(&ours_apart, args, &floor).await
+                    }
+                    Row::Contended { .. } => contended(&floors_apart, args, &floor).await,
                     // A fresh process per client and round: RSS growth is only meaningful from a
                     // heap that no earlier row (or the other client) has grown already.
                     Row::Hold if !args.hold_here => {
@@ -764,6 +768,29 @@ impl Floor {
             .map(|v| v.trim().to_owned())
     }
 
+    /// The CPU time the nodes report having spent so far (`used_cpu_user` + `used_cpu_sys` of
+    /// `INFO cpu`), summed over the nodes; `None` when a node does not say.
+    async fn nodes_cpu(&self) -> Option<Duration> {
+        let mut total = 0.0;
+        for conn in self.conns.iter() {
+            let info: String = redis::cmd("INFO")
+                .arg("cpu")
+                .query_async(&mut conn.clone())
+                .await
+                .ok()?;
+            for field in ["used_cpu_user:", "used_cpu_sys:"] {
+                let seconds: f64 = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                total += seconds;
+            }
+        }
+        Some(Duration::from_secs_f64(total))
+    }
+
     /// Keys left on the nodes: all of them (DBSIZE) on nodes we started, the bench's own on
     /// nodes from REDLOCK_NODES.
     async fn leftovers(&self, own_nodes: bool) -> Result<usize, BoxError> {
@@ -887,7 +914,13 @@ impl Window {
 }
 
 /// Rows A and B: `tasks` tasks, each locking and releasing a fresh key per cycle.
-async fn throughput(client: &Client, row: &'static str, tasks: usize, args: &Args) -> Metrics {
+async fn throughput(
+    client: &Client,
+    row: &'static str,
+    tasks: usize,
+    args: &Args,
+    floor: &Floor,
+) -> Metrics {
     let window = Window::new(args);
     let name = client.name();
     let mut set = JoinSet::new();
@@ -916,7 +949,7 @@ async fn throughput(client: &Client, row: &'static str, tasks: usize, args: &Arg
             (samples, errors)
         });
     }
-    let cpu = cpu_between(window).await;
+    let cpu = cpu_between(window, floor).await;
     let mut samples = Vec::new();
     let mut errors = 0;
     while let Some(joined) = set.join_next().await {
@@ -929,14 +962,13 @@ async fn throughput(client: &Client, row: &'static str, tasks: usize, args: &Arg
     }
     samples.sort_unstable();
     let cycles = samples.len() as f64;
+    let (cpu, node_cpu) = cpu.per(cycles);
     Metrics::from([
         ("cycles_per_sec", cycles / args.secs.as_secs_f64()),
         ("p50_ms", percentile_ms(&samples, 0.50)),
         ("p99_ms", percentile_ms(&samples, 0.99)),
-        (
-            "cpu_us_per_cycle",
-            cpu.map_or(f64::NAN, |c| c.as_secs_f64() * 1e6 / cycles),
-        ),
+        ("cpu_us_per_cycle", cpu),
+        ("node_cpu_us_per_cycle", node_cpu),
         ("errors", errors as f64),
     ])
 }
@@ -1006,6 +1038,7 @@ async fn interleaved(
                 ("p50_ms", percentile_ms(&samples, 0.50)),
                 ("p99_ms", percentile_ms(&samples, 0.99)),
                 ("cpu_us_per_cycle", f64::NAN),
+                ("node_cpu_us_per_cycle", f64::NAN),
                 ("errors", errors as f64),
             ])
         })
@@ -1051,7 +1084,7 @@ where
 /// Row C: `CONTENDERS` tasks, spread over `clients`, contend for one key; each takes it, checks
 /// that nobody else is inside, yields once (so an overlapping holder would get to run), leaves
 /// and releases, then asks again.
-async fn contended(clients: &[Client], args: &Args) -> Metrics {
+async fn contended(clients: &[Client], args: &Args, floor: &Floor) -> Metrics {
     let window = Window::new(args);
     let resource = format!("bench:C{}:{}", clients.len(), clients[0].name());
     let exclusion = Arc::new(Exclusion::default());
@@ -1066,7 +1099,7 @@ async fn contended(clients: &[Client], args: &Args) -> Metrics {
             window.end,
         ));
     }
-    let cpu = cpu_between(window).await;
+    let cpu = cpu_between(window, floor).await;
     let mut per_task = Vec::with_capacity(CONTENDERS);
     while let Some(joined) = set.join_next().await {
         per_task.push(joined.unwrap_or_else(|_| (Vec::new(), 1)));
@@ -1111,7 +1144,7 @@ async fn contended_turns(sets: &[&[Client]], args: &Args) -> Vec<Metrics> {
                 per_task[task].0.extend(waits);
                 per_task[task].1 += errors;
             }
-            contended_metrics(per_task, exclusion, busy, None)
+            contended_metrics(per_task, exclusion, busy, CpuSpent::UNKNOWN)
         })
         .collect()
 }
@@ -1175,7 +1208,7 @@ fn contended_metrics(
     per_task: Vec<(Vec<u32>, u64)>,
     exclusion: &Exclusion,
     measured: Duration,
-    cpu: Option<Duration>,
+    cpu: CpuSpent,
 ) -> Metrics {
     let mut waits = Vec::new();
     let mut counts = Vec::with_capacity(per_task.len());
@@ -1204,10 +1237,8 @@ fn contended_metrics(
         ),
         ("max_in_cs", exclusion.most.load(Ordering::SeqCst) as f64),
         ("overlaps", exclusion.overlaps.load(Ordering::SeqCst) as f64),
-        (
-            "cpu_us_per_section",
-            cpu.map_or(f64::NAN, |c| c.as_secs_f64() * 1e6 / sections),
-        ),
+        ("cpu_us_per_section", cpu.per(sections).0),
+        ("node_cpu_us_per_section", cpu.per(sections).1),
         ("errors", errors as f64),
     ])
 }
@@ -1447,12 +1478,42 @@ fn percentile_ms(sorted: &[u32], q: f64) -> f64 {
     f64::from(sorted[rank - 1]) / 1e3
 }
 
-/// CPU time (user + system) of the whole process between `window.warm_end` and `window.end`.
-async fn cpu_between(window: Window) -> Option<Duration> {
+/// CPU time (user + system) spent between `window.warm_end` and `window.end`.
+#[derive(Clone, Copy)]
+struct CpuSpent {
+    /// By this whole process: the client under test (and the bench's own bookkeeping).
+    client: Option<Duration>,
+    /// By the nodes together, as they report it (`INFO cpu`). On a machine where the client
+    /// and the nodes share the cores, this is as much the client's cost as its own CPU: a
+    /// costlier script on the nodes leaves less CPU for everything else.
+    nodes: Option<Duration>,
+}
+
+impl CpuSpent {
+    /// Where CPU cannot be told apart by client (the interleaved rows).
+    const UNKNOWN: CpuSpent = CpuSpent {
+        client: None,
+        nodes: None,
+    };
+
+    /// Each of them per unit of work, in microseconds (NaN when unknown).
+    fn per(&self, units: f64) -> (f64, f64) {
+        let us = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6 / units);
+        (us(self.client), us(self.nodes))
+    }
+}
+
+/// The CPU this process and the nodes spend between `window.warm_end` and `window.end`.
+async fn cpu_between(window: Window, floor: &Floor) -> CpuSpent {
     tokio::time::sleep_until(window.warm_end.into()).await;
-    let start = cpu_time();
+    let (client, nodes) = (cpu_time(), floor.nodes_cpu().await);
     tokio::time::sleep_until(window.end.into()).await;
-    Some(cpu_time()?.saturating_sub(start?))
+    let (client_end, nodes_end) = (cpu_time(), floor.nodes_cpu().await);
+    let spent = |start: Option<Duration>, end: Option<Duration>| Some(end?.saturating_sub(start?));
+    CpuSpent {
+        client: spent(client, client_end),
+        nodes: spent(nodes, nodes_end),
+    }
 }
 
 /// utime + stime of this process, from /proc/self/stat (fields 14 and 15).
@@ -1592,6 +1653,15 @@ impl RowResult {
     }
 }
 
+/// A CPU cost for the tables: "–" where it cannot be told apart by client.
+fn cpu_cell(us: f64) -> String {
+    if us.is_nan() {
+        "–".to_owned()
+    } else {
+        format!("{us:.1}")
+    }
+}
+
 fn print_tables(results: &[RowResult], args: &Args) {
     let get = |m: &Metrics, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
     let throughput: Vec<_> = results
@@ -1601,23 +1671,21 @@ fn print_tables(results: &[RowResult], args: &Args) {
     if !throughput.is_empty() {
         println!("\n## A, B: lock + release of a fresh key per cycle\n");
         println!(
-            "| row | tasks | client | cycles/s | p50 ms | p99 ms | CPU µs/cycle | errors | leftover keys | ours/floor | per round: median [range] |"
+            "| row | tasks | client | cycles/s | p50 ms | p99 ms | CPU µs/cycle | nodes' CPU µs/cycle | errors | leftover keys | ours/floor | per round: median [range] |"
         );
-        println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+        println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for r in throughput {
             for (name, m) in r.clients(args) {
                 println!(
-                    "| {} | {} | {name} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {name} | {:.0} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |",
                     r.row.id(),
                     r.row.tasks(args),
                     get(m, "cycles_per_sec"),
                     get(m, "p50_ms"),
                     get(m, "p99_ms"),
-                    match get(m, "cpu_us_per_cycle") {
-                        // Row Ai cannot tell CPU apart by client.
-                        cpu if cpu.is_nan() => "–".to_owned(),
-                        cpu => format!("{cpu:.1}"),
-                    },
+                    // Row Ai cannot tell CPU apart by client.
+                    cpu_cell(get(m, "cpu_us_per_cycle")),
+                    cpu_cell(get(m, "node_cpu_us_per_cycle")),
                     get(m, "errors"),
                     get(m, "leftover_keys"),
                     match name {
@@ -1644,9 +1712,9 @@ fn print_tables(results: &[RowResult], args: &Args) {
             "\n## C: {CONTENDERS} tasks contend for one key (retry pause 5-10 ms, ~0 work inside)\n"
         );
         println!(
-            "| row | clients | client | sections/s | wait p50 ms | wait p99 ms | per task min / max | max/min | max holders at once | overlaps | errors | leftover keys | ours/floor | per round: median [range] |"
+            "| row | clients | client | sections/s | wait p50 ms | wait p99 ms | per task min / max | max/min | max holders at once | overlaps | CPU µs/section | nodes' CPU µs/section | errors | leftover keys | ours/floor | per round: median [range] |"
         );
-        println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     }
     for r in contended {
         let Row::Contended { clients, .. } = r.row else {
@@ -1654,7 +1722,7 @@ fn print_tables(results: &[RowResult], args: &Args) {
         };
         for (name, m) in r.clients(args) {
             println!(
-                "| {} | {clients} | {name} | {:.0} | {:.1} | {:.1} | {} / {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {clients} | {name} | {:.0} | {:.1} | {:.1} | {} / {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.row.id(),
                 get(m, "sections_per_sec"),
                 get(m, "wait_p50_ms"),
@@ -1664,6 +1732,9 @@ fn print_tables(results: &[RowResult], args: &Args) {
                 get(m, "fairness_max_over_min"),
                 get(m, "max_in_cs"),
                 get(m, "overlaps"),
+                // Row C32i cannot tell CPU apart by client.
+                cpu_cell(get(m, "cpu_us_per_section")),
+                cpu_cell(get(m, "node_cpu_us_per_section")),
                 get(m, "errors"),
                 get(m, "leftover_keys"),
                 if name == "ours" {
