@@ -133,6 +133,9 @@ pub(crate) struct Fair {
     pub(crate) join: bool,
     /// How long our place is kept without a renewal.
     pub(crate) lease: Duration,
+    /// The token registered for a hand-over (see [`RELEASE`](scripts::RELEASE)): a release
+    /// that finds us at the head of the queue sets the key to it. `None` registers nothing.
+    pub(crate) heir: Option<Arc<str>>,
 }
 
 /// Whom a release wakes on a node ([`RELEASE`](scripts::RELEASE)'s mode).
@@ -157,6 +160,9 @@ pub(crate) enum Vote {
     /// Not our turn: the key is held, or waiters are ahead of us in its wait queue (our place,
     /// 1-based). Our SET did not apply.
     Queued(u32),
+    /// The key holds the token we registered for a hand-over: a release handed it to us. Our
+    /// SET did not apply; the node's vote is ours for the registered token instead.
+    Handed,
     /// No usable answer. `sent` tells whether the SET may have reached the node (and so may
     /// still apply later: a SET that timed out against a paused node runs when it resumes).
     Failed { error: NodeErrorKind, sent: bool },
@@ -440,24 +446,25 @@ impl Node {
             Ok(link) => link,
             Err(vote) => return (vote, None),
         };
-        let [queue, leases] = scripts::wait_queue(key);
+        let queue = scripts::wait_queue(key);
         let reply: Result<i64, _> = self
             .eval(&link, &scripts::FAIR_ACQUIRE, true, self.timeout, |cmd| {
-                cmd.arg(3)
+                cmd.arg(4)
                     .arg(key)
-                    .arg(&queue)
-                    .arg(&leases)
+                    .arg(&queue[..])
                     .arg(token)
                     .arg(ttl_millis(ttl))
                     .arg(&*fair.waiter)
                     .arg(ttl_millis(fair.lease))
                     .arg(if fair.join { "1" } else { "0" })
-                    .arg(wall_clock_millis());
+                    .arg(wall_clock_millis())
+                    .arg(fair.heir.as_deref().unwrap_or(""));
             })
             .await;
         let vote = match reply {
             Ok(0) => Vote::Acquired(None),
             Ok(place) if place > 0 => Vote::Queued(u32::try_from(place).unwrap_or(u32::MAX)),
+            Ok(-2) => Vote::Handed,
             Ok(_) => Vote::Busy,
             Err(error) => Vote::Failed { error, sent: true },
         };
@@ -465,15 +472,25 @@ impl Node {
         (vote, Some(link))
     }
 
-    /// Leaves the wait queue of `key` (a waiter that stopped waiting), waking the next waiter
+    /// Leaves the wait queue of `key` (a waiter that stopped waiting), freeing the key if it
+    /// was handed over to `heir` (our registered token) meanwhile, and waking the next waiter
     /// if the lock is free.
     #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
-    pub(crate) async fn leave_queue(&self, key: &str, waiter: &str) -> Result<(), NodeErrorKind> {
+    pub(crate) async fn leave_queue(
+        &self,
+        key: &str,
+        waiter: &str,
+        heir: Option<&str>,
+    ) -> Result<(), NodeErrorKind> {
         let link = self.link().await?;
-        let [queue, leases] = scripts::wait_queue(key);
+        let queue = scripts::wait_queue(key);
         let _: i64 = self
             .eval(&link, &scripts::LEAVE_QUEUE, true, self.timeout, |cmd| {
-                cmd.arg(3).arg(key).arg(&queue).arg(&leases).arg(waiter);
+                cmd.arg(4)
+                    .arg(key)
+                    .arg(&queue[..])
+                    .arg(waiter)
+                    .arg(heir.unwrap_or(""));
             })
             .await?;
         Ok(())
@@ -495,7 +512,7 @@ impl Node {
         keys: &[String],
         token: &str,
         wake: Wake,
-        queue: Option<&str>,
+        queue: Option<&[String; 3]>,
         timeout: Duration,
     ) -> Result<bool, NodeErrorKind> {
         let mode = match wake {
@@ -517,11 +534,16 @@ impl Node {
                 cmd.arg(1).arg(keys).arg(token);
                 return cmd;
             }
-            cmd.arg(keys.len() + usize::from(queue.is_some())).arg(keys);
+            let queue_keys = queue.map_or(0, |queue| queue.len());
+            cmd.arg(keys.len() + queue_keys).arg(keys);
             if let Some(queue) = queue {
-                cmd.arg(queue);
+                cmd.arg(&queue[..]);
             }
             cmd.arg(token).arg(mode).arg(keys.len());
+            if queue.is_some() {
+                // For the hand-over's lease check where scripts see no clock.
+                cmd.arg(wall_clock_millis());
+            }
             cmd
         };
         // Behind a doubtful SET the body goes with it (see `scripts::RELEASE_LUA`).

@@ -8,11 +8,15 @@
 //!
 //! For a single-resource lock without fencing the waiter also joins the key's **wait queue** on
 //! the sequencer node ([`FAIR_ACQUIRE`](crate::scripts::FAIR_ACQUIRE)): that node then grants
-//! the key only to the waiter at the head of the queue, and the release script wakes exactly that
-//! waiter, on `<key>:released:<waiter>`. Waiters thus take the lock in arrival order, and a
-//! release wakes one process instead of all of them (every woken waiter would otherwise send a
-//! SET that all but one lose). The queue only decides who *asks* first: a lock is still granted
-//! only by a quorum of `SET NX`, so it adds no safety assumption. A waiter keeps its place by
+//! the key only to the waiter at the head of the queue, and the release script turns to exactly
+//! that waiter, on `<key>:released:<waiter>`: it hands the key over on that node to the token
+//! the waiter registered when it joined, and publishes the token, so that the waiter asks only
+//! the other nodes ([`RELEASE`](crate::scripts::RELEASE)); or, when the waiter's lease ran out,
+//! it only wakes it. Waiters thus take the lock in arrival order, and a release wakes one
+//! process instead of all of them (every woken waiter would otherwise send a SET that all but
+//! one lose). The queue only decides who *asks* first: a lock is still granted only by a quorum
+//! of `SET NX` (the sequencer node's, for a hand-over, set by the release), so it adds no safety
+//! assumption. A waiter keeps its place by
 //! asking again within its lease; one that crashed is dropped from the head once its lease runs
 //! out, and one that gives up leaves at once ([`LEAVE_QUEUE`](crate::scripts::LEAVE_QUEUE)).
 //!
@@ -71,6 +75,9 @@ struct Listeners {
     idle_at: Option<tokio::time::Instant>,
     /// A linger timer is running for it: one per idle channel, not one per watch.
     timed: bool,
+    /// The last non-empty message on it: on a waiter's turn channel, the token a release handed
+    /// the key over to ([`RELEASE`](crate::scripts::RELEASE)).
+    payload: Option<String>,
 }
 
 /// The subscriptions of one `Redlock`: one pub/sub connection per node, opened on first use.
@@ -203,9 +210,14 @@ impl Feed {
                 let (flag, watched) = (dead.clone(), watched.clone());
                 tokio::spawn(async move {
                     while let Some(msg) = stream.next().await {
-                        if let Ok(watched) = watched.lock()
-                            && let Some(listeners) = watched.get(msg.get_channel_name())
+                        if let Ok(mut watched) = watched.lock()
+                            && let Some(listeners) = watched.get_mut(msg.get_channel_name())
                         {
+                            if let Ok(payload) = msg.get_payload::<String>()
+                                && !payload.is_empty()
+                            {
+                                listeners.payload = Some(payload);
+                            }
                             // One stored permit each: a wake-up that lands before the waiter
                             // sleeps is not lost, and three nodes announcing one release wake
                             // it once.
@@ -248,6 +260,19 @@ impl Watch {
     /// Resolves when a release of one of the keys was announced (possibly before this call).
     pub(crate) async fn notified(&self) {
         self.notify.notified().await;
+    }
+
+    /// True, once, when a release announced on one of this watch's channels that it handed the
+    /// key over to `token`.
+    pub(crate) fn handed_to(&self, token: &str) -> bool {
+        let Ok(mut watched) = self.notifier.watched.lock() else {
+            return false;
+        };
+        self.channels.iter().any(|ch| {
+            watched
+                .get_mut(ch)
+                .is_some_and(|l| l.payload.take_if(|p| p.as_str() == token).is_some())
+        })
     }
 }
 

@@ -58,6 +58,9 @@ struct QueueSpot {
     shared: Arc<Shared>,
     key: String,
     node: usize,
+    /// The token we registered for a hand-over: leaving frees the key if a release handed it
+    /// to this token meanwhile.
+    heir: Option<Arc<str>>,
     armed: bool,
 }
 
@@ -75,20 +78,52 @@ impl Drop for QueueSpot {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (shared, key, node) = (
+        let (shared, key, node, heir) = (
             self.shared.clone(),
             std::mem::take(&mut self.key),
             self.node,
+            self.heir.take(),
         );
         runtime.spawn(
             async move {
                 let waiter = shared.notifier.waiter().clone();
-                if let Err(error) = shared.nodes[node].leave_queue(&key, &waiter).await {
+                let leave = shared.nodes[node].leave_queue(&key, &waiter, heir.as_deref());
+                if let Err(error) = leave.await {
                     debug!(%error, "could not leave the wait queue; the lease will drop us");
                 }
             }
             .instrument(tracing::debug_span!("redlock.leave_queue")),
         );
+    }
+}
+
+/// The token a queued waiter registers for a hand-over (see `scripts::RELEASE`), drawn afresh
+/// for each hand-over: a release that finds us at the head of the queue sets the key to it on
+/// the sequencer node.
+struct Heir {
+    token: Arc<str>,
+    /// When an attempt carrying the token was first started: before the sequencer node could
+    /// have set the key to it, so a validity counted from here is safe.
+    joined_at: Option<Instant>,
+}
+
+impl Heir {
+    fn fresh() -> Heir {
+        Heir {
+            token: LockToken::random().encode().into(),
+            joined_at: None,
+        }
+    }
+
+    /// The token, for an attempt about to start; notes the time of the first.
+    fn register(&mut self) -> Arc<str> {
+        self.joined_at.get_or_insert_with(Instant::now);
+        self.token.clone()
+    }
+
+    /// The token, once an attempt may have registered it.
+    fn registered(&self) -> Option<&Arc<str>> {
+        self.joined_at.map(|_| &self.token)
     }
 }
 
@@ -417,10 +452,16 @@ impl Redlock {
             waiter: self.shared.notifier.waiter().clone(),
             join: true,
             lease: queue_lease(&retry),
+            heir: None,
         });
+        // The token a release may hand the key over to while we wait in the queue (see
+        // `scripts::RELEASE`), used for one hand-over at most, and when we first registered it.
+        let mut heir = Heir::fresh();
         let mut spot: Option<QueueSpot> = None;
         // Set when a message said our turn came (or the lock was released).
         let mut in_turn = false;
+        // Set when the sequencer node handed the key over to our registered token.
+        let mut take_over = false;
         loop {
             // Once the lock is known to be contended by other processes (now, or moments ago),
             // attempts go to one node first: see `Votes::send_first`.
@@ -431,12 +472,37 @@ impl Redlock {
                 (true, true) => Approach::InTurn,
             };
             in_turn = false;
-            let mut queued = None;
-            let ask = if sequenced { fair.clone() } else { None };
-            match self
-                .attempt(&target, ttl, fenced, approach, ask, &mut queued)
-                .await
-            {
+            let mut refused = Refused::default();
+            let mut ask = if sequenced { fair.clone() } else { None };
+            if let Some(ask) = ask.as_mut() {
+                // We may join the queue with a token to be handed the key: from now on, giving
+                // up (or being cancelled) must leave the queue and free the key if a release
+                // handed it to that token, even before the reply that says we joined.
+                let token = heir.register();
+                let spot = spot.get_or_insert_with(|| QueueSpot {
+                    shared: self.shared.clone(),
+                    key: target.keys[0].clone(),
+                    node: sequencer(&target.keys[0], self.shared.nodes.len()),
+                    heir: None,
+                    armed: true,
+                });
+                spot.heir = Some(token.clone());
+                ask.heir = Some(token);
+            }
+            let outcome = if take_over {
+                take_over = false;
+                let outcome = self.attempt_handed(&target, ttl, &heir).await;
+                // Won or lost, the registered token served its one hand-over.
+                heir = Heir::fresh();
+                if let Some(spot) = spot.as_mut() {
+                    spot.heir = None;
+                }
+                outcome
+            } else {
+                self.attempt(&target, ttl, fenced, approach, ask, &mut refused)
+                    .await
+            };
+            match outcome {
                 Ok(lock) => {
                     // Granted in turn: the sequencer node took us out of the queue.
                     if let Some(spot) = spot.take() {
@@ -450,15 +516,14 @@ impl Redlock {
                         && attempt < attempts
                         && (!timed || Instant::now() < until) =>
                 {
-                    debug!(attempt, error = %err, ?queued, "attempt failed");
+                    let Refused { queued, handed } = refused;
+                    debug!(attempt, error = %err, ?queued, handed, "attempt failed");
                     attempt += 1;
-                    if queued.is_some() && spot.is_none() {
-                        spot = Some(QueueSpot {
-                            shared: self.shared.clone(),
-                            key: target.keys[0].clone(),
-                            node: sequencer(&target.keys[0], self.shared.nodes.len()),
-                            armed: true,
-                        });
+                    if handed {
+                        // The sequencer node holds the key for our registered token: take it
+                        // from the other nodes at once.
+                        take_over = true;
+                        continue;
                     }
                     if err.is_contended() && watch.is_none() {
                         // Held by another process: listen for its release, then try once more
@@ -500,6 +565,7 @@ impl Redlock {
                             if woken {
                                 debug!("woken by a release");
                                 in_turn = true;
+                                take_over = heir.registered().is_some_and(|t| watch.handed_to(t));
                             }
                         }
                         None => Box::pin(tokio::time::sleep(pause)).await,
@@ -586,7 +652,14 @@ impl Redlock {
             return Ok(None);
         };
         match self
-            .attempt(&target, ttl, fenced, Approach::Parallel, None, &mut None)
+            .attempt(
+                &target,
+                ttl,
+                fenced,
+                Approach::Parallel,
+                None,
+                &mut Refused::default(),
+            )
             .await
         {
             Ok(lock) => {
@@ -607,11 +680,9 @@ impl Redlock {
         fenced: bool,
         approach: Approach,
         fair: Option<Fair>,
-        queued: &mut Option<u32>,
+        refused: &mut Refused,
     ) -> Result<Lock> {
-        let settings = &self.shared.settings;
         let keys = &target.keys;
-        let resource = target.name.as_str();
         // A fresh token per attempt: a late reply to an earlier attempt can never count as ours.
         let value: Arc<str> = LockToken::random().encode().into();
         // T1 is taken before the first byte leaves, so the time spent acquiring is subtracted
@@ -638,7 +709,11 @@ impl Redlock {
             votes.send_rest(&self.shared);
             votes.settle_node(&self.shared, votes.first()).await;
             if let Some(place) = votes.queued() {
-                *queued = Some(place);
+                refused.queued = Some(place);
+                return Box::pin(self.refuse(&mut guard, &target.name, keys, &value)).await;
+            }
+            if votes.handed() {
+                refused.handed = true;
                 return Box::pin(self.refuse(&mut guard, &target.name, keys, &value)).await;
             }
         }
@@ -646,7 +721,8 @@ impl Redlock {
             && let Some(votes) = guard.votes.as_mut()
         {
             if votes.first_is_busy(&self.shared).await {
-                *queued = votes.queued();
+                refused.queued = votes.queued();
+                refused.handed = votes.handed();
                 // Another waiter got through first (or the holder is still there): nothing of
                 // ours was set anywhere.
                 return Err(Error::Contended {
@@ -656,14 +732,61 @@ impl Redlock {
             }
             votes.send_rest(&self.shared);
         }
+        Box::pin(self.conclude(
+            target,
+            ttl,
+            fenced,
+            approach == Approach::InTurn,
+            t1,
+            &mut guard,
+        ))
+        .await
+    }
+
+    /// A waiter's attempt once a release handed the key over to its registered token on the
+    /// sequencer node (see `scripts::RELEASE`): that node's vote is in hand, the token goes to
+    /// every other node, and the validity counts from when the token was registered, before
+    /// the sequencer node could have set it.
+    async fn attempt_handed(&self, target: &Target, ttl: Duration, heir: &Heir) -> Result<Lock> {
+        let (Some(value), Some(t1)) = (heir.registered().cloned(), heir.joined_at) else {
+            return Err(Error::Contended {
+                key: target.name.clone(),
+                attempts: 1,
+            });
+        };
+        debug!("the key was handed over to us on its sequencer node");
+        let votes = Votes::handed_over(&self.shared, &target.keys, &value, ttl);
+        let mut guard = AttemptGuard {
+            votes: Some(votes),
+            shared: &self.shared,
+            keys: &target.keys,
+            value: &value,
+        };
+        Box::pin(self.conclude(target, ttl, false, true, t1, &mut guard)).await
+    }
+
+    /// The rest of an attempt whose SETs were sent at `t1` (or later): decides at the quorum,
+    /// asks nodes still held by the previous holder again when it came `in_turn`, checks the
+    /// validity, and makes the lock or undoes what applied.
+    async fn conclude(
+        &self,
+        target: &Target,
+        ttl: Duration,
+        fenced: bool,
+        in_turn: bool,
+        t1: Instant,
+        guard: &mut AttemptGuard<'_>,
+    ) -> Result<Lock> {
+        let value = guard.value;
+        let settings = &self.shared.settings;
+        let keys = &target.keys;
+        let resource = target.name.as_str();
         let deadline = timing::deadline(t1, ttl, settings.drift(ttl));
         let mut outcome = match guard.votes.as_mut() {
-            Some(votes) => self.decide(votes, resource, &keys[0], &value, fenced).await,
+            Some(votes) => self.decide(votes, resource, &keys[0], value, fenced).await,
             None => Err(Error::EmptyKey),
         };
-        if approach == Approach::InTurn
-            && let Some(votes) = guard.votes.as_mut()
-        {
+        if in_turn && let Some(votes) = guard.votes.as_mut() {
             // Our turn came and the sequencer node granted it, but other nodes still hold the
             // previous holder's key: its release reached the sequencer node (which woke us)
             // before them. Giving up here would hand our turn to the next waiter and put us to
@@ -685,7 +808,7 @@ impl Redlock {
                     ?pause,
                     "in turn, but other nodes are still held: asking them again"
                 );
-                outcome = self.decide(votes, resource, &keys[0], &value, fenced).await;
+                outcome = self.decide(votes, resource, &keys[0], value, fenced).await;
             }
         }
         let outcome = outcome.and_then(|fence| {
@@ -723,7 +846,7 @@ impl Redlock {
                 // that did not answer) to a background task that releases each behind its own
                 // SET.
                 if let Some(votes) = guard.votes.as_mut() {
-                    Box::pin(votes.release_settled(&self.shared, keys, &value, false, false, None))
+                    Box::pin(votes.release_settled(&self.shared, keys, value, false, false, None))
                         .await;
                 }
                 debug!(%error, "denied");
@@ -821,6 +944,16 @@ impl Redlock {
         }
         Ok(Some(FencingToken::new(t)))
     }
+}
+
+/// Why the sequencer node refused an attempt, when it did.
+#[derive(Clone, Copy, Debug, Default)]
+struct Refused {
+    /// Our place in the key's wait queue.
+    queued: Option<u32>,
+    /// A release handed the key over to the token we registered: the node's vote is ours for
+    /// that token instead.
+    handed: bool,
 }
 
 /// How an attempt asks the nodes.

@@ -41,12 +41,18 @@ impl Lua {
 /// that expired and was taken by someone else is never released by us. Returns how many keys it
 /// deleted.
 ///
-/// KEYS: the lock keys, then optionally the wait queue of the first one ([`wait_queue`]).
-/// ARGV: the token, the announcement mode, the number of lock keys. When it deleted something,
-/// mode "1" (a held lock's release) announces it on `<key>:released` for waiters that listen to
-/// every release ([`notify`](crate::notify)), and mode "1" or "2" (the cleanup of a failed
-/// attempt, which must not wake the broadcast listeners: its own waiter among them) wakes the
-/// waiter at the head of the queue on `<key>:released:<waiter>`.
+/// KEYS: the lock keys, then optionally the wait queue of the first one (the three keys of
+/// [`wait_queue`]). ARGV: the token, the announcement mode, the number of lock keys, and with
+/// the queue the caller's wall clock in ms (for nodes whose scripts see no clock, as in
+/// [`FAIR_ACQUIRE`]). When it deleted something, mode "1" (a held lock's release) announces it
+/// on `<key>:released` for waiters that listen to every release ([`notify`](crate::notify)),
+/// and mode "1" or "2" (the cleanup of a failed attempt, which must not wake the broadcast
+/// listeners: its own waiter among them) turns to the waiter at the head of the queue. If that
+/// waiter registered a token ([`FAIR_ACQUIRE`]) and its lease is still running, the key is
+/// **handed over** to it here: set to its token with its ttl, the waiter taken out of the
+/// queue, and the token published on `<key>:released:<waiter>`, so that the waiter holds this
+/// node's vote without asking for it. Otherwise the waiter is woken there with an empty
+/// message and asks as usual.
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
 
 /// The body of [`RELEASE`]. Releases behind a SET whose reply never came are sent with `EVAL`
@@ -66,6 +72,24 @@ end
 if deleted > 0 and ARGV[2] ~= "0" and KEYS[n + 1] then
     local head = redis.call("LINDEX", KEYS[n + 1], 0)
     if head then
+        local heir = redis.call("HGET", KEYS[n + 3], head)
+        local lease = heir and tonumber(redis.call("HGET", KEYS[n + 2], head))
+        if lease then
+            local t = redis.call("TIME")
+            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+            if now == 0 then
+                now = tonumber(ARGV[4])
+            end
+            local ttl, token = string.match(heir, "^(%d+) (.+)$")
+            if lease > now and token then
+                redis.call("SET", KEYS[1], token, "PX", ttl)
+                redis.call("LPOP", KEYS[n + 1])
+                redis.call("HDEL", KEYS[n + 2], head)
+                redis.call("HDEL", KEYS[n + 3], head)
+                redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, token)
+                return deleted
+            end
+        end
         redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
     end
 end
@@ -83,35 +107,35 @@ return 0"#,
     )
 });
 
-/// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order and
-/// a hash of their leases (server time in ms). In Redis Cluster or Dragonfly cluster mode, put a
-/// hash tag in the resource name (`{orders:42}`) so they land in the lock key's slot.
-pub(crate) fn wait_queue(lock_key: &str) -> [String; 2] {
+/// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order, a
+/// hash of their leases (server time in ms), and a hash of the tokens they registered for a
+/// hand-over (`<ttl ms> <token>`, see [`RELEASE`]). In Redis Cluster or Dragonfly cluster mode,
+/// put a hash tag in the resource name (`{orders:42}`) so they land in the lock key's slot.
+pub(crate) fn wait_queue(lock_key: &str) -> [String; 3] {
     [
-        wait_queue_list(lock_key),
+        format!("{lock_key}:queue"),
         format!("{lock_key}:queue:leases"),
+        format!("{lock_key}:queue:heirs"),
     ]
-}
-
-/// The list of [`wait_queue`].
-pub(crate) fn wait_queue_list(lock_key: &str) -> String {
-    format!("{lock_key}:queue")
 }
 
 /// A queued waiter's acquisition on the sequencer node: `SET NX PX` only when the queue is empty
 /// or this waiter is at its head (waiters whose lease ran out are dropped from the head first,
 /// and the waiter the turn passes to is woken if the lock is free).
-/// On success the waiter leaves the queue and the script returns 0. Otherwise, with ARGV[5] =
-/// "1", the waiter joins the queue (or renews its lease) and the script returns its 1-based
-/// place; with "0" it returns -1 and leaves no trace (a `try_lock`).
+/// On success the waiter leaves the queue and the script returns 0. If the key already holds
+/// the waiter's registered token, ARGV[7] (a release handed it over, see [`RELEASE`], and the
+/// waiter has not heard), it returns -2 and changes nothing: the waiter holds this node's vote
+/// for that token. Otherwise, with ARGV[5] = "1", the waiter joins the queue (or renews its
+/// lease, and registers ARGV[7] with the ttl for a hand-over when it is not empty) and the
+/// script returns its 1-based place; with "0" it returns -1 and leaves no trace (a `try_lock`).
 ///
 /// Leases are judged by the node's clock (`TIME`); where a script sees no clock (Dragonfly
 /// answers `TIME` with zeros inside scripts), by the caller's wall clock, ARGV[6]. Clients whose
 /// clocks disagree by more than a lease may then drop a live waiter, who joins again at the end
 /// of the line: fairness suffers, never safety.
 ///
-/// KEYS: lock, queue list, lease hash. ARGV: token, ttl ms, waiter id, lease ms, join, the
-/// caller's wall clock in ms.
+/// KEYS: lock, queue list, lease hash, registration hash. ARGV: token, ttl ms, waiter id, lease
+/// ms, join, the caller's wall clock in ms, the registered token (or "").
 pub(crate) static FAIR_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"local me = ARGV[3]
@@ -136,6 +160,7 @@ while head and head ~= me do
     end
     redis.call("LPOP", KEYS[2])
     redis.call("HDEL", KEYS[3], head)
+    redis.call("HDEL", KEYS[4], head)
     dropped = true
     head = redis.call("LINDEX", KEYS[2], 0)
 end
@@ -143,14 +168,22 @@ if (not head or head == me) and redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", 
     if head then
         redis.call("LPOP", KEYS[2])
         redis.call("HDEL", KEYS[3], me)
+        redis.call("HDEL", KEYS[4], me)
     end
     return 0
+end
+if ARGV[7] ~= "" and redis.call("GET", KEYS[1]) == ARGV[7] then
+    return -2
 end
 if ARGV[5] ~= "1" then
     return -1
 end
 if redis.call("HSET", KEYS[3], me, clock() + tonumber(ARGV[4])) == 1 then
     redis.call("RPUSH", KEYS[2], me)
+end
+if ARGV[7] ~= "" then
+    redis.call("HSET", KEYS[4], me, ARGV[2] .. " " .. ARGV[7])
+    redis.call("PEXPIRE", KEYS[4], 2 * tonumber(ARGV[4]))
 end
 redis.call("PEXPIRE", KEYS[2], 2 * tonumber(ARGV[4]))
 redis.call("PEXPIRE", KEYS[3], 2 * tonumber(ARGV[4]))
@@ -163,12 +196,18 @@ return (place or 0) + 1"#,
     )
 });
 
-/// A waiter that stops waiting leaves the queue; if the lock is free, the new head is woken.
-/// KEYS: lock, queue list, lease hash. ARGV: waiter id.
+/// A waiter that stops waiting leaves the queue, and frees the key if a release handed it over
+/// to the token it registered (ARGV[2], or "") and it never took it; if the lock is then free,
+/// the new head is woken. KEYS: lock, queue list, lease hash, registration hash. ARGV: waiter
+/// id, registered token.
 pub(crate) static LEAVE_QUEUE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"redis.call("LREM", KEYS[2], 0, ARGV[1])
 redis.call("HDEL", KEYS[3], ARGV[1])
+redis.call("HDEL", KEYS[4], ARGV[1])
+if ARGV[2] ~= "" and redis.call("GET", KEYS[1]) == ARGV[2] then
+    redis.call("DEL", KEYS[1])
+end
 if redis.call("EXISTS", KEYS[1]) == 0 then
     local head = redis.call("LINDEX", KEYS[2], 0)
     if head then

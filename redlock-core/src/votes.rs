@@ -94,6 +94,9 @@ pub(crate) struct Votes {
     busy: usize,
     /// Our place in the key's wait queue, when the sequencer node refused us for it.
     queued: Option<u32>,
+    /// The sequencer node answered that a release handed the key over to the token we
+    /// registered ([`Vote::Handed`]).
+    handed: bool,
     /// The key's sequencer node: polled last, so that its commands go out first (see
     /// [`poll_slots`]). Its release is the one that wakes the next waiter.
     first: usize,
@@ -157,9 +160,35 @@ impl Votes {
         votes
     }
 
+    /// The votes of a waiter to whom a release handed the key over on its sequencer node
+    /// ([`RELEASE`](scripts::RELEASE)): `value` is the token it registered, which that node
+    /// already holds for it (the node's notice, or its [`Vote::Handed`], said so, and only the
+    /// waiter itself or the key's expiry removes it from there). The SETs of `value` to every
+    /// other node go out when the votes are first polled.
+    pub(crate) fn handed_over(
+        shared: &Arc<Shared>,
+        keys: &Keys,
+        value: &Arc<str>,
+        ttl: Duration,
+    ) -> Votes {
+        let mut votes = Votes::unsent(shared, keys, value, ttl, false);
+        votes.slots[votes.first] = Slot::Settled {
+            holds: Holds::Yes,
+            link: None,
+            fence: None,
+        };
+        votes.send_rest(shared);
+        votes
+    }
+
     /// The key's sequencer node (see [`sequencer`]).
     pub(crate) fn first(&self) -> usize {
         self.first
+    }
+
+    /// The sequencer node said the key was handed over to the token we registered.
+    pub(crate) fn handed(&self) -> bool {
+        self.handed
     }
 
     /// Our place in the wait queue, when the sequencer node put us in line.
@@ -180,6 +209,7 @@ impl Votes {
             first: sequencer(&keys[0], n),
             busy: 0,
             queued: None,
+            handed: false,
             rest: Rest {
                 keys: keys.clone(),
                 value: value.clone(),
@@ -311,6 +341,11 @@ impl Votes {
             Vote::Queued(place) => {
                 self.busy += 1;
                 self.queued = Some(place);
+                Holds::Busy
+            }
+            Vote::Handed => {
+                self.busy += 1;
+                self.handed = true;
                 Holds::Busy
             }
             Vote::Failed { error, sent } => {
@@ -502,9 +537,10 @@ impl Votes {
                 release: traced(shared.nodes[index].release_span(), async move {
                     let (vote, link) = set.await;
                     let result = match vote {
-                        Vote::Busy | Vote::Queued(_) | Vote::Failed { sent: false, .. } => {
-                            Ok(false)
-                        }
+                        Vote::Busy
+                        | Vote::Queued(_)
+                        | Vote::Handed
+                        | Vote::Failed { sent: false, .. } => Ok(false),
                         Vote::Acquired(_) => undo.send(None, timeout).await,
                         Vote::Failed { sent: true, .. } => undo.send(link.as_ref(), timeout).await,
                     };
@@ -705,14 +741,14 @@ struct NodeRelease {
 impl NodeRelease {
     /// Sends it on `link` (or any connection), waiting for the answer up to `timeout`.
     async fn send(&self, link: Option<&Link>, timeout: Duration) -> Result<bool, NodeErrorKind> {
-        let queue = self.queued.then(|| scripts::wait_queue_list(&self.keys[0]));
+        let queue = self.queued.then(|| scripts::wait_queue(&self.keys[0]));
         self.shared.nodes[self.index]
             .release(
                 link,
                 &self.keys,
                 &self.value,
                 self.wake,
-                queue.as_deref(),
+                queue.as_ref(),
                 timeout,
             )
             .await

@@ -288,7 +288,7 @@ async fn a_release_wakes_only_the_waiter_in_turn() {
     lock.release().await.unwrap();
 }
 
-/// The wait queue's two keys expire two leases after the last ask (README, operational
+/// The wait queue's three keys expire two leases after the last ask (README, operational
 /// contract), so a queue whose waiters all vanished leaves nothing behind for longer. A waiter
 /// with a 5 s pause has a 20 s lease: right after it joined, both keys have 30 to 40 s to live.
 #[tokio::test]
@@ -309,7 +309,11 @@ async fn the_queue_keys_expire_two_leases_after_the_last_ask() {
     .await;
     assert!(joined, "the waiter joined the queue");
     let node = &nodes[sequencer("redlock:expiring", 3) as usize];
-    for key in ["redlock:expiring:queue", "redlock:expiring:queue:leases"] {
+    for key in [
+        "redlock:expiring:queue",
+        "redlock:expiring:queue:leases",
+        "redlock:expiring:queue:heirs",
+    ] {
         let pttl = node
             .query(&["PTTL", key])
             .ok()
@@ -413,4 +417,144 @@ async fn local_hand_overs_do_not_starve_a_waiter_in_another_process() {
         task.await.unwrap();
     }
     assert!(during > 0, "the local tasks kept taking turns meanwhile");
+}
+
+/// A client that waits for `resource` up to 20 s in a task of its own.
+fn wait_for(
+    waiter: Redlock,
+    resource: &str,
+    options: LockOptions,
+) -> tokio::task::JoinHandle<Result<redlock_core::Lock, redlock_core::Error>> {
+    let resource = resource.to_owned();
+    tokio::spawn(async move {
+        waiter
+            .lock_with(&resource, options.wait(Duration::from_secs(20)))
+            .await
+    })
+}
+
+/// Drops every pub/sub connection to `node`: its waiters no longer hear their turn.
+fn deafen(node: &redlock_tests::RedisNode) {
+    node.query(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .expect("CLIENT KILL");
+}
+
+/// A release hands the key over to the waiter in turn on the sequencer node: that node sets
+/// the key to the token the waiter registered when it joined the queue, and the waiter, told
+/// so, asks only the other nodes. The sequencer node runs one script for the whole hand-over
+/// (the release), where a woken waiter's own grant would be a second; the waiter's 5 s pause
+/// means it renews nothing meanwhile.
+#[tokio::test]
+async fn a_release_hands_the_key_over_to_the_waiter_in_turn_on_its_sequencer_node() {
+    let nodes = cluster(3);
+    let key = "redlock:handed";
+    let seq = &nodes[sequencer(key, 3) as usize];
+    let held = redlock(&nodes).lock("handed").await.unwrap();
+    let waiting = wait_for(patient(&nodes), "handed", LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    let scripts_before = command_calls(seq, "evalsha");
+    held.release().await.unwrap();
+    let lock = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("handed over, not left to a 5 s pause")
+        .unwrap()
+        .expect("granted");
+    assert_eq!(
+        command_calls(seq, "evalsha") - scripts_before,
+        1,
+        "only the release ran a script on the sequencer node"
+    );
+    let on_sequencer = seq.get(key).unwrap().expect("the key is held");
+    let others = nodes
+        .iter()
+        .filter(|n| n.get(key).unwrap().as_deref() == Some(on_sequencer.as_str()))
+        .count();
+    assert!(others >= 2, "one token on a quorum: {others} nodes");
+    assert!(lock.is_valid());
+    let release = lock.release().await.unwrap();
+    assert!(release.released >= 2, "{release:?}");
+}
+
+/// A waiter that did not hear its hand-over (its pub/sub connection dropped) finds it the next
+/// time it asks the sequencer node, after its 300 ms pause, and takes the lock then. Without
+/// that, the key would stay handed to a token nobody uses until its 10 s ttl ran out.
+#[tokio::test]
+async fn a_waiter_that_missed_its_hand_over_takes_it_when_it_asks_again() {
+    let nodes = cluster(3);
+    let key = "redlock:unheard";
+    let held = redlock(&nodes).lock("unheard").await.unwrap();
+    let waiter = redlock_with(&nodes, |b| {
+        b.retry(Retry::new(
+            1_000,
+            Duration::from_millis(300),
+            Duration::ZERO,
+        ))
+    });
+    let waiting = wait_for(waiter, "unheard", LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    deafen(&nodes[sequencer(key, 3) as usize]);
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("granted");
+    assert!(
+        released.elapsed() < Duration::from_secs(3),
+        "took the hand-over at its next ask, not at the ttl: {:?}",
+        released.elapsed()
+    );
+    lock.release().await.unwrap();
+}
+
+/// A waiter cancelled after a release handed it the key, before it took it (it did not hear:
+/// its pub/sub connection dropped), frees the key as it leaves the queue: nobody waits for
+/// the 10 s ttl of a token nobody holds.
+#[tokio::test]
+async fn a_waiter_cancelled_after_its_hand_over_frees_the_key() {
+    let nodes = cluster(3);
+    let key = "redlock:abandoned";
+    let seq = &nodes[sequencer(key, 3) as usize];
+    let holder = redlock(&nodes);
+    let held = holder.lock("abandoned").await.unwrap();
+    let holder_token = seq.get(key).unwrap().expect("held");
+    let waiting = wait_for(patient(&nodes), "abandoned", LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    deafen(seq);
+    held.release().await.unwrap();
+    let handed = seq.get(key).unwrap();
+    assert!(
+        handed.is_some() && handed != Some(holder_token),
+        "the release handed the key over on the sequencer node: {handed:?}"
+    );
+    waiting.abort();
+    assert!(
+        eventually(Duration::from_secs(2), || seq.get(key).unwrap().is_none()).await,
+        "the cancelled waiter freed the key"
+    );
+    assert!(holder.try_lock("abandoned").await.unwrap().is_some());
+}
+
+/// A lock handed over counts its validity from when the waiter registered its token (before
+/// any node could set the key to it), not from the hand-over: a waiter that stood in line for
+/// a second for a 3 s lock holds it for at most 2 s.
+#[tokio::test]
+async fn a_handed_over_lock_counts_its_validity_from_the_registration() {
+    let nodes = cluster(3);
+    let key = "redlock:counted";
+    let held = redlock(&nodes).lock("counted").await.unwrap();
+    let waiting = wait_for(
+        patient(&nodes),
+        "counted",
+        LockOptions::new().ttl(Duration::from_secs(3)),
+    );
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    // Time in line is what is measured here: nothing to wait for but the clock.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("granted");
+    let remaining = lock.remaining();
+    assert!(
+        remaining <= Duration::from_secs(2),
+        "validity counted from the registration: {remaining:?} left of 3 s"
+    );
+    assert!(remaining > Duration::from_millis(1_500), "{remaining:?}");
+    lock.release().await.unwrap();
 }
