@@ -52,7 +52,9 @@ impl Lua {
 /// **handed over** to it here: set to its token with its ttl, the waiter taken out of the
 /// queue, and the token published on `<key>:released:<waiter>`, so that the waiter holds this
 /// node's vote without asking for it. Otherwise the waiter is woken there with an empty
-/// message and asks as usual.
+/// message and asks as usual. The hand-over sets the key with `PSETEX` (`SET PX` by another
+/// name), which nothing else here calls: `cmdstat_psetex` in `INFO commandstats` counts the
+/// hand-overs a node made.
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
 
 /// The body of [`RELEASE`]. Releases behind a SET whose reply never came are sent with `EVAL`
@@ -82,7 +84,7 @@ if deleted > 0 and ARGV[2] ~= "0" and KEYS[n + 1] then
             end
             local ttl, token = string.match(heir, "^(%d+) (.+)$")
             if lease > now and token then
-                redis.call("SET", KEYS[1], token, "PX", ttl)
+                redis.call("PSETEX", KEYS[1], ttl, token)
                 redis.call("LPOP", KEYS[n + 1])
                 redis.call("HDEL", KEYS[n + 2], head)
                 redis.call("HDEL", KEYS[n + 3], head)

@@ -464,6 +464,7 @@ async fn a_release_hands_the_key_over_to_the_waiter_in_turn_on_its_sequencer_nod
         1,
         "only the release ran a script on the sequencer node"
     );
+    assert_eq!(command_calls(seq, "psetex"), 1, "one hand-over");
     let on_sequencer = seq.get(key).unwrap().expect("the key is held");
     let others = nodes
         .iter()

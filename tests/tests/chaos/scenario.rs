@@ -283,15 +283,22 @@ pub(crate) async fn run_shaped(
     config.majority_down = log.majority_down.clone();
     let records = rig.recorder.snapshot();
     let mut extra = extra(&records, &log);
-    if !shape.fencing && queue_joins(&rig.cluster) == 0 {
+    if !shape.fencing && command_calls(&rig.cluster, "rpush") == 0 {
         extra.push(format!("{name}: no waiter ever joined a wait queue"));
+    }
+    if !shape.fencing && command_calls(&rig.cluster, "psetex") == 0 {
+        extra.push(format!(
+            "{name}: no release ever handed a key over to a waiter"
+        ));
     }
     judge(&name, &profile, &records, &config, asserted, &extra)
 }
 
-/// How many times a waiter joined a wait queue on the nodes that answer: the queue script is
-/// the only caller of `RPUSH` (`INFO commandstats`).
-fn queue_joins(cluster: &Cluster) -> i64 {
+/// How many times the nodes that answer ran `command` (`INFO commandstats`). The wait queue's
+/// script is the only caller of `RPUSH` (a waiter joins a queue), and a release handing a key
+/// over to a waiter the only caller of `PSETEX`.
+fn command_calls(cluster: &Cluster, command: &str) -> i64 {
+    let prefix = format!("cmdstat_{command}:");
     cluster
         .iter()
         .filter_map(|node| node.query(&["INFO", "commandstats"]).ok())
@@ -299,7 +306,7 @@ fn queue_joins(cluster: &Cluster) -> i64 {
             let line = info
                 .as_str()?
                 .lines()
-                .find(|l| l.starts_with("cmdstat_rpush:"))?;
+                .find(|l| l.starts_with(prefix.as_str()))?;
             let calls = line.split_once("calls=")?.1.split(',').next()?;
             calls.parse::<i64>().ok()
         })
