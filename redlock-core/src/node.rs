@@ -133,9 +133,10 @@ pub(crate) struct Fair {
     pub(crate) join: bool,
     /// How long our place is kept without a renewal.
     pub(crate) lease: Duration,
-    /// The token registered for a hand-over (see [`RELEASE`](scripts::RELEASE)): a release
-    /// that finds us at the head of the queue sets the key to it. `None` registers nothing.
-    pub(crate) heir: Option<Arc<str>>,
+    /// The token registered for a hand-over (see [`RELEASE`](scripts::RELEASE)) and the number
+    /// of this ask: a release that finds us at the head of the queue sets the key to the token
+    /// and tells us the number of the last ask it saw. `None` registers nothing.
+    pub(crate) heir: Option<(Arc<str>, u64)>,
 }
 
 /// Whom a release wakes on a node ([`RELEASE`](scripts::RELEASE)'s mode).
@@ -458,7 +459,8 @@ impl Node {
                     .arg(ttl_millis(fair.lease))
                     .arg(if fair.join { "1" } else { "0" })
                     .arg(wall_clock_millis())
-                    .arg(fair.heir.as_deref().unwrap_or(""));
+                    .arg(fair.heir.as_ref().map_or("", |(token, _)| &**token))
+                    .arg(fair.heir.as_ref().map_or(0, |(_, ask)| *ask));
             })
             .await;
         let vote = match reply {

@@ -262,16 +262,18 @@ impl Watch {
         self.notify.notified().await;
     }
 
-    /// True, once, when a release announced on one of this watch's channels that it handed the
-    /// key over to `token`.
-    pub(crate) fn handed_to(&self, token: &str) -> bool {
+    /// Once, when a release announced on one of this watch's channels that it handed the key
+    /// over to `token`: the number of our last ask that node had seen then.
+    pub(crate) fn handed_to(&self, token: &str) -> Option<u64> {
         let Ok(mut watched) = self.notifier.watched.lock() else {
-            return false;
+            return None;
         };
-        self.channels.iter().any(|ch| {
-            watched
-                .get_mut(ch)
-                .is_some_and(|l| l.payload.take_if(|p| p.as_str() == token).is_some())
+        self.channels.iter().find_map(|ch| {
+            let listeners = watched.get_mut(ch)?;
+            let payload = listeners
+                .payload
+                .take_if(|p| p.split_once(' ').is_some_and(|(handed, _)| handed == token))?;
+            payload.split_once(' ')?.1.parse().ok()
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The [`Redlock`] handle: acquisition with quorum, validity and retries.
 
 use std::{
+    collections::VecDeque,
     fmt,
     sync::Arc,
     time::{Duration, Instant},
@@ -99,31 +100,62 @@ impl Drop for QueueSpot {
 
 /// The token a queued waiter registers for a hand-over (see `scripts::RELEASE`), drawn afresh
 /// for each hand-over: a release that finds us at the head of the queue sets the key to it on
-/// the sequencer node.
+/// the sequencer node. A hand-over's validity counts from a moment before the node set the key:
+/// the notice names the last ask the node had seen (sent before the hand-over), and an ask
+/// answered with a place in the queue proves the key was not handed over when it ran.
 struct Heir {
     token: Arc<str>,
-    /// When an attempt carrying the token was first started: before the sequencer node could
-    /// have set the key to it, so a validity counted from here is safe.
-    joined_at: Option<Instant>,
+    /// The asks that carried the token, by number, with when each was started (the last few).
+    asks: VecDeque<(u64, Instant)>,
+    next_ask: u64,
+    /// No hand-over to the token can have happened before this: when the first ask carrying
+    /// it started, then when the last ask answered with a place in the queue started.
+    floor: Option<Instant>,
 }
+
+/// How many asks of one wait a hand-over notice may name (older ones are forgotten: a notice
+/// naming one is ignored, and the next ask finds the hand-over instead).
+const ASKS_KEPT: usize = 16;
 
 impl Heir {
     fn fresh() -> Heir {
         Heir {
             token: LockToken::random().encode().into(),
-            joined_at: None,
+            asks: VecDeque::new(),
+            next_ask: 0,
+            floor: None,
         }
     }
 
-    /// The token, for an attempt about to start; notes the time of the first.
-    fn register(&mut self) -> Arc<str> {
-        self.joined_at.get_or_insert_with(Instant::now);
-        self.token.clone()
+    /// The token and a number for an ask about to start, whose start it notes.
+    fn register(&mut self) -> (Arc<str>, u64) {
+        let (ask, now) = (self.next_ask, Instant::now());
+        self.next_ask += 1;
+        if self.asks.len() == ASKS_KEPT {
+            self.asks.pop_front();
+        }
+        self.asks.push_back((ask, now));
+        self.floor.get_or_insert(now);
+        (self.token.clone(), ask)
     }
 
-    /// The token, once an attempt may have registered it.
+    /// When ask `ask` started, if it is still remembered.
+    fn started(&self, ask: u64) -> Option<Instant> {
+        self.asks
+            .iter()
+            .find_map(|(n, at)| (*n == ask).then_some(*at))
+    }
+
+    /// Ask `ask` was answered with a place in the queue: no hand-over happened before it ran.
+    fn queued(&mut self, ask: u64) {
+        if let Some(at) = self.started(ask) {
+            self.floor = Some(self.floor.map_or(at, |floor| floor.max(at)));
+        }
+    }
+
+    /// The token, once an ask may have registered it.
     fn registered(&self) -> Option<&Arc<str>> {
-        self.joined_at.map(|_| &self.token)
+        self.floor.map(|_| &self.token)
     }
 }
 
@@ -460,8 +492,9 @@ impl Redlock {
         let mut spot: Option<QueueSpot> = None;
         // Set when a message said our turn came (or the lock was released).
         let mut in_turn = false;
-        // Set when the sequencer node handed the key over to our registered token.
-        let mut take_over = false;
+        // Set when the sequencer node handed the key over to our registered token: a moment
+        // before it did.
+        let mut take_over: Option<Instant> = None;
         loop {
             // Once the lock is known to be contended by other processes (now, or moments ago),
             // attempts go to one node first: see `Votes::send_first`.
@@ -474,11 +507,14 @@ impl Redlock {
             in_turn = false;
             let mut refused = Refused::default();
             let mut ask = if sequenced { fair.clone() } else { None };
-            if let Some(ask) = ask.as_mut() {
+            let mut asked = None;
+            if let Some(ask) = ask.as_mut()
+                && take_over.is_none()
+            {
                 // We may join the queue with a token to be handed the key: from now on, giving
                 // up (or being cancelled) must leave the queue and free the key if a release
                 // handed it to that token, even before the reply that says we joined.
-                let token = heir.register();
+                let (token, number) = heir.register();
                 let spot = spot.get_or_insert_with(|| QueueSpot {
                     shared: self.shared.clone(),
                     key: target.keys[0].clone(),
@@ -487,11 +523,13 @@ impl Redlock {
                     armed: true,
                 });
                 spot.heir = Some(token.clone());
-                ask.heir = Some(token);
+                ask.heir = Some((token, number));
+                asked = Some(number);
             }
-            let outcome = if take_over {
-                take_over = false;
-                let outcome = self.attempt_handed(&target, ttl, &heir).await;
+            let outcome = if let Some(handed_at) = take_over.take() {
+                let outcome = self
+                    .attempt_handed(&target, ttl, heir.token.clone(), handed_at)
+                    .await;
                 // Won or lost, the registered token served its one hand-over.
                 heir = Heir::fresh();
                 if let Some(spot) = spot.as_mut() {
@@ -499,8 +537,13 @@ impl Redlock {
                 }
                 outcome
             } else {
-                self.attempt(&target, ttl, fenced, approach, ask, &mut refused)
-                    .await
+                let outcome = self
+                    .attempt(&target, ttl, fenced, approach, ask, &mut refused)
+                    .await;
+                if let (Some(number), Some(_)) = (asked, refused.queued) {
+                    heir.queued(number);
+                }
+                outcome
             };
             match outcome {
                 Ok(lock) => {
@@ -521,8 +564,9 @@ impl Redlock {
                     attempt += 1;
                     if handed {
                         // The sequencer node holds the key for our registered token: take it
-                        // from the other nodes at once.
-                        take_over = true;
+                        // from the other nodes at once. It was handed over after the last ask
+                        // that found us in the queue.
+                        take_over = heir.floor;
                         continue;
                     }
                     if err.is_contended() && watch.is_none() {
@@ -565,7 +609,11 @@ impl Redlock {
                             if woken {
                                 debug!("woken by a release");
                                 in_turn = true;
-                                take_over = heir.registered().is_some_and(|t| watch.handed_to(t));
+                                // Handed over after the ask the notice names was sent.
+                                take_over = heir
+                                    .registered()
+                                    .and_then(|token| watch.handed_to(token))
+                                    .and_then(|number| heir.started(number));
                             }
                         }
                         None => Box::pin(tokio::time::sleep(pause)).await,
@@ -743,17 +791,17 @@ impl Redlock {
         .await
     }
 
-    /// A waiter's attempt once a release handed the key over to its registered token on the
-    /// sequencer node (see `scripts::RELEASE`): that node's vote is in hand, the token goes to
-    /// every other node, and the validity counts from when the token was registered, before
-    /// the sequencer node could have set it.
-    async fn attempt_handed(&self, target: &Target, ttl: Duration, heir: &Heir) -> Result<Lock> {
-        let (Some(value), Some(t1)) = (heir.registered().cloned(), heir.joined_at) else {
-            return Err(Error::Contended {
-                key: target.name.clone(),
-                attempts: 1,
-            });
-        };
+    /// A waiter's attempt once a release handed the key over to its registered token `value`
+    /// on the sequencer node (see `scripts::RELEASE`): that node's vote is in hand, the token
+    /// goes to every other node, and the validity counts from `t1`, a moment before the
+    /// sequencer node set the key.
+    async fn attempt_handed(
+        &self,
+        target: &Target,
+        ttl: Duration,
+        value: Arc<str>,
+        t1: Instant,
+    ) -> Result<Lock> {
         debug!("the key was handed over to us on its sequencer node");
         let votes = Votes::handed_over(&self.shared, &target.keys, &value, ttl);
         let mut guard = AttemptGuard {

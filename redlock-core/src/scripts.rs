@@ -50,8 +50,9 @@ impl Lua {
 /// listeners: its own waiter among them) turns to the waiter at the head of the queue. If that
 /// waiter registered a token ([`FAIR_ACQUIRE`]) and its lease is still running, the key is
 /// **handed over** to it here: set to its token with its ttl, the waiter taken out of the
-/// queue, and the token published on `<key>:released:<waiter>`, so that the waiter holds this
-/// node's vote without asking for it. Otherwise the waiter is woken there with an empty
+/// queue, and the token published on `<key>:released:<waiter>` with the number of the waiter's
+/// last ask this node saw (the waiter counts its validity from when it sent that ask), so that
+/// the waiter holds this node's vote without asking for it. Otherwise the waiter is woken there with an empty
 /// message and asks as usual. The hand-over sets the key with `PSETEX` (`SET PX` by another
 /// name), which nothing else here calls: `cmdstat_psetex` in `INFO commandstats` counts the
 /// hand-overs a node made.
@@ -82,13 +83,13 @@ if deleted > 0 and ARGV[2] ~= "0" and KEYS[n + 1] then
             if now == 0 then
                 now = tonumber(ARGV[4])
             end
-            local ttl, token = string.match(heir, "^(%d+) (.+)$")
+            local ttl, token, ask = string.match(heir, "^(%d+) (%S+) (%d+)$")
             if lease > now and token then
                 redis.call("PSETEX", KEYS[1], ttl, token)
                 redis.call("LPOP", KEYS[n + 1])
                 redis.call("HDEL", KEYS[n + 2], head)
                 redis.call("HDEL", KEYS[n + 3], head)
-                redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, token)
+                redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, token .. " " .. ask)
                 return deleted
             end
         end
@@ -128,8 +129,10 @@ pub(crate) fn wait_queue(lock_key: &str) -> [String; 3] {
 /// the waiter's registered token, ARGV[7] (a release handed it over, see [`RELEASE`], and the
 /// waiter has not heard), it returns -2 and changes nothing: the waiter holds this node's vote
 /// for that token. Otherwise, with ARGV[5] = "1", the waiter joins the queue (or renews its
-/// lease, and registers ARGV[7] with the ttl for a hand-over when it is not empty) and the
-/// script returns its 1-based place; with "0" it returns -1 and leaves no trace (a `try_lock`).
+/// lease, and registers ARGV[7] with the ttl and the number of this ask, ARGV[8], for a
+/// hand-over when it is not empty) and the script returns its 1-based place; with "0" it
+/// returns -1 and leaves no trace (a `try_lock`). A place returned thus also says that the key
+/// was not handed over to ARGV[7] when this ask ran.
 ///
 /// Leases are judged by the node's clock (`TIME`); where a script sees no clock (Dragonfly
 /// answers `TIME` with zeros inside scripts), by the caller's wall clock, ARGV[6]. Clients whose
@@ -137,7 +140,7 @@ pub(crate) fn wait_queue(lock_key: &str) -> [String; 3] {
 /// of the line: fairness suffers, never safety.
 ///
 /// KEYS: lock, queue list, lease hash, registration hash. ARGV: token, ttl ms, waiter id, lease
-/// ms, join, the caller's wall clock in ms, the registered token (or "").
+/// ms, join, the caller's wall clock in ms, the registered token (or ""), the ask's number.
 pub(crate) static FAIR_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"local me = ARGV[3]
@@ -184,7 +187,7 @@ if redis.call("HSET", KEYS[3], me, clock() + tonumber(ARGV[4])) == 1 then
     redis.call("RPUSH", KEYS[2], me)
 end
 if ARGV[7] ~= "" then
-    redis.call("HSET", KEYS[4], me, ARGV[2] .. " " .. ARGV[7])
+    redis.call("HSET", KEYS[4], me, ARGV[2] .. " " .. ARGV[7] .. " " .. ARGV[8])
     redis.call("PEXPIRE", KEYS[4], 2 * tonumber(ARGV[4]))
 end
 redis.call("PEXPIRE", KEYS[2], 2 * tonumber(ARGV[4]))

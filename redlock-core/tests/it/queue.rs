@@ -559,3 +559,42 @@ async fn a_handed_over_lock_counts_its_validity_from_the_registration() {
     assert!(remaining > Duration::from_millis(1_500), "{remaining:?}");
     lock.release().await.unwrap();
 }
+
+/// A waiter that keeps asking while it stands in line counts a hand-over's validity from its
+/// last ask before the hand-over, not from when it first joined: a waiter that stood in line
+/// for 2.5 s, longer than its 2.5 s ttl, asking every 2 s, takes the key handed over to it
+/// with about 2 s of validity and without asking the sequencer node again. Counted from its
+/// first ask it would have no validity left: it would give the key back and ask again.
+#[tokio::test]
+async fn a_waiter_in_line_longer_than_its_ttl_still_takes_the_hand_over() {
+    let nodes = cluster(3);
+    let key = "redlock:long-line";
+    let seq = &nodes[sequencer(key, 3) as usize];
+    let held = redlock(&nodes).lock("long-line").await.unwrap();
+    let waiter = redlock_with(&nodes, |b| {
+        b.retry(Retry::new(1_000, Duration::from_secs(2), Duration::ZERO))
+    });
+    let waiting = wait_for(
+        waiter,
+        "long-line",
+        LockOptions::new().ttl(Duration::from_millis(2_500)),
+    );
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    // Time in line is what is measured here: halfway between the waiter's asks (at about 0 s
+    // and 2 s), so that none falls in the hand-over.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let scripts_before = command_calls(seq, "evalsha");
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("granted");
+    assert_eq!(
+        command_calls(seq, "evalsha") - scripts_before,
+        1,
+        "taken as handed over, without asking the sequencer node again"
+    );
+    let remaining = lock.remaining();
+    assert!(
+        remaining > Duration::from_millis(1_200) && remaining <= Duration::from_millis(2_100),
+        "validity from the last ask: {remaining:?}"
+    );
+    lock.release().await.unwrap();
+}
