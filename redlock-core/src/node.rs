@@ -514,7 +514,7 @@ impl Node {
         keys: &[String],
         token: &str,
         wake: Wake,
-        queue: Option<&[String; 3]>,
+        queue: Option<&[String]>,
         timeout: Duration,
     ) -> Result<bool, NodeErrorKind> {
         let mode = match wake {
@@ -542,7 +542,7 @@ impl Node {
                 cmd.arg(&queue[..]);
             }
             cmd.arg(token).arg(mode).arg(keys.len());
-            if queue.is_some() {
+            if queue_keys > 1 {
                 // For the hand-over's lease check where scripts see no clock.
                 cmd.arg(wall_clock_millis());
             }

@@ -104,7 +104,8 @@ impl Drop for QueueSpot {
 /// the notice names the last ask the node had seen (sent before the hand-over), and an ask
 /// answered with a place in the queue proves the key was not handed over when it ran.
 struct Heir {
-    token: Arc<str>,
+    /// Drawn at the first ask that carries it: an uncontended `lock` never draws one.
+    token: Option<Arc<str>>,
     /// The asks that carried the token, by number, with when each was started (the last few).
     asks: VecDeque<(u64, Instant)>,
     next_ask: u64,
@@ -120,7 +121,7 @@ const ASKS_KEPT: usize = 16;
 impl Heir {
     fn fresh() -> Heir {
         Heir {
-            token: LockToken::random().encode().into(),
+            token: None,
             asks: VecDeque::new(),
             next_ask: 0,
             floor: None,
@@ -136,7 +137,10 @@ impl Heir {
         }
         self.asks.push_back((ask, now));
         self.floor.get_or_insert(now);
-        (self.token.clone(), ask)
+        let token = self
+            .token
+            .get_or_insert_with(|| LockToken::random().encode().into());
+        (token.clone(), ask)
     }
 
     /// When ask `ask` started, if it is still remembered.
@@ -155,7 +159,7 @@ impl Heir {
 
     /// The token, once an ask may have registered it.
     fn registered(&self) -> Option<&Arc<str>> {
-        self.floor.map(|_| &self.token)
+        self.token.as_ref()
     }
 }
 
@@ -526,10 +530,11 @@ impl Redlock {
                 ask.heir = Some((token, number));
                 asked = Some(number);
             }
-            let outcome = if let Some(handed_at) = take_over.take() {
-                let outcome = self
-                    .attempt_handed(&target, ttl, heir.token.clone(), handed_at)
-                    .await;
+            let handed = take_over
+                .take()
+                .and_then(|at| heir.registered().map(|token| (token.clone(), at)));
+            let outcome = if let Some((token, handed_at)) = handed {
+                let outcome = self.attempt_handed(&target, ttl, token, handed_at).await;
                 // Won or lost, the registered token served its one hand-over.
                 heir = Heir::fresh();
                 if let Some(spot) = spot.as_mut() {
@@ -780,14 +785,15 @@ impl Redlock {
             }
             votes.send_rest(&self.shared);
         }
-        Box::pin(self.conclude(
+        // Not boxed: this is every uncontended lock's path.
+        self.conclude(
             target,
             ttl,
             fenced,
             approach == Approach::InTurn,
             t1,
             &mut guard,
-        ))
+        )
         .await
     }
 

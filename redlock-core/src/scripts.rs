@@ -41,10 +41,10 @@ impl Lua {
 /// that expired and was taken by someone else is never released by us. Returns how many keys it
 /// deleted.
 ///
-/// KEYS: the lock keys, then optionally the wait queue of the first one (the three keys of
-/// [`wait_queue`]). ARGV: the token, the announcement mode, the number of lock keys, and with
-/// the queue the caller's wall clock in ms (for nodes whose scripts see no clock, as in
-/// [`FAIR_ACQUIRE`]). When it deleted something, mode "1" (a held lock's release) announces it
+/// KEYS: the lock keys, then optionally the wait queue of the first one: its list only (wake
+/// the head), or the three keys of [`wait_queue`] (hand over to the head). ARGV: the token,
+/// the announcement mode, the number of lock keys, and with the three queue keys the caller's
+/// wall clock in ms (for nodes whose scripts see no clock, as in [`FAIR_ACQUIRE`]). When it deleted something, mode "1" (a held lock's release) announces it
 /// on `<key>:released` for waiters that listen to every release ([`notify`](crate::notify)),
 /// and mode "1" or "2" (the cleanup of a failed attempt, which must not wake the broadcast
 /// listeners: its own waiter among them) turns to the waiter at the head of the queue. If that
@@ -52,8 +52,8 @@ impl Lua {
 /// **handed over** to it here: set to its token with its ttl, the waiter taken out of the
 /// queue, and the token published on `<key>:released:<waiter>` with the number of the waiter's
 /// last ask this node saw (the waiter counts its validity from when it sent that ask), so that
-/// the waiter holds this node's vote without asking for it. Otherwise the waiter is woken there with an empty
-/// message and asks as usual. The hand-over sets the key with `PSETEX` (`SET PX` by another
+/// the waiter holds this node's vote without asking for it. Otherwise the waiter is woken there
+/// with an empty message and asks as usual. The hand-over sets the key with `PSETEX` (`SET PX` by another
 /// name), which nothing else here calls: `cmdstat_psetex` in `INFO commandstats` counts the
 /// hand-overs a node made.
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
@@ -75,7 +75,7 @@ end
 if deleted > 0 and ARGV[2] ~= "0" and KEYS[n + 1] then
     local head = redis.call("LINDEX", KEYS[n + 1], 0)
     if head then
-        local heir = redis.call("HGET", KEYS[n + 3], head)
+        local heir = KEYS[n + 3] and redis.call("HGET", KEYS[n + 3], head)
         local lease = heir and tonumber(redis.call("HGET", KEYS[n + 2], head))
         if lease then
             local t = redis.call("TIME")
@@ -112,14 +112,19 @@ return 0"#,
 
 /// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order, a
 /// hash of their leases (server time in ms), and a hash of the tokens they registered for a
-/// hand-over (`<ttl ms> <token>`, see [`RELEASE`]). In Redis Cluster or Dragonfly cluster mode,
+/// hand-over (`<ttl ms> <token> <ask number>`, see [`RELEASE`]). In Redis Cluster or Dragonfly cluster mode,
 /// put a hash tag in the resource name (`{orders:42}`) so they land in the lock key's slot.
 pub(crate) fn wait_queue(lock_key: &str) -> [String; 3] {
     [
-        format!("{lock_key}:queue"),
+        wait_queue_list(lock_key),
         format!("{lock_key}:queue:leases"),
         format!("{lock_key}:queue:heirs"),
     ]
+}
+
+/// The list of [`wait_queue`]: all an uncontended lock's release needs of it.
+pub(crate) fn wait_queue_list(lock_key: &str) -> String {
+    format!("{lock_key}:queue")
 }
 
 /// A queued waiter's acquisition on the sequencer node: `SET NX PX` only when the queue is empty

@@ -97,6 +97,10 @@ pub(crate) struct Votes {
     /// The sequencer node answered that a release handed the key over to the token we
     /// registered ([`Vote::Handed`]).
     handed: bool,
+    /// The attempt went through the key's sequencer node first: the key is contended, so its
+    /// release hands the key over to the next waiter, where an uncontended lock's release only
+    /// wakes it (and costs the node less: no registration to read, two keys fewer).
+    contended: bool,
     /// The key's sequencer node: polled last, so that its commands go out first (see
     /// [`poll_slots`]). Its release is the one that wakes the next waiter.
     first: usize,
@@ -156,6 +160,7 @@ impl Votes {
         fair: Option<Fair>,
     ) -> Votes {
         let mut votes = Votes::unsent(shared, keys, value, ttl, fenced);
+        votes.contended = true;
         votes.start(shared, votes.first, fair);
         votes
     }
@@ -172,6 +177,7 @@ impl Votes {
         ttl: Duration,
     ) -> Votes {
         let mut votes = Votes::unsent(shared, keys, value, ttl, false);
+        votes.contended = true;
         votes.slots[votes.first] = Slot::Settled {
             holds: Holds::Yes,
             link: None,
@@ -210,6 +216,7 @@ impl Votes {
             busy: 0,
             queued: None,
             handed: false,
+            contended: false,
             rest: Rest {
                 keys: keys.clone(),
                 value: value.clone(),
@@ -575,6 +582,7 @@ impl Votes {
                 (true, false) => Wake::Head,
             },
             queued: keys.len() == 1 && on_sequencer,
+            hand_over: self.contended,
         }
     }
 
@@ -736,21 +744,27 @@ struct NodeRelease {
     wake: Wake,
     /// The node keeps the key's wait queue.
     queued: bool,
+    /// Its release hands the key over to the head of the queue (see `Votes::contended`).
+    hand_over: bool,
 }
 
 impl NodeRelease {
     /// Sends it on `link` (or any connection), waiting for the answer up to `timeout`.
     async fn send(&self, link: Option<&Link>, timeout: Duration) -> Result<bool, NodeErrorKind> {
-        let queue = self.queued.then(|| scripts::wait_queue(&self.keys[0]));
+        let (all, list): ([String; 3], [String; 1]);
+        let queue: Option<&[String]> = match (self.queued, self.hand_over) {
+            (false, _) => None,
+            (true, true) => {
+                all = scripts::wait_queue(&self.keys[0]);
+                Some(&all)
+            }
+            (true, false) => {
+                list = [scripts::wait_queue_list(&self.keys[0])];
+                Some(&list)
+            }
+        };
         self.shared.nodes[self.index]
-            .release(
-                link,
-                &self.keys,
-                &self.value,
-                self.wake,
-                queue.as_ref(),
-                timeout,
-            )
+            .release(link, &self.keys, &self.value, self.wake, queue, timeout)
             .await
     }
 }

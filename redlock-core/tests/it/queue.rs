@@ -433,6 +433,18 @@ fn wait_for(
     })
 }
 
+/// A lock on `resource` taken through its wait queue (another client held it first), as locks
+/// are while a resource stays contended: only such a lock's release hands the key over. An
+/// uncontended lock's release wakes the next waiter, which asks for itself.
+async fn taken_in_turn(nodes: &redlock_tests::Cluster, resource: &str) -> redlock_core::Lock {
+    let first = redlock(nodes).lock(resource).await.unwrap();
+    let waiting = wait_for(patient(nodes), resource, LockOptions::new());
+    let key = format!("redlock:{resource}");
+    assert!(eventually(Duration::from_secs(5), || queued(nodes, &key) == 1).await);
+    first.release().await.unwrap();
+    waiting.await.unwrap().expect("taken in turn")
+}
+
 /// Drops every pub/sub connection to `node`: its waiters no longer hear their turn.
 fn deafen(node: &redlock_tests::RedisNode) {
     node.query(&["CLIENT", "KILL", "TYPE", "pubsub"])
@@ -449,7 +461,7 @@ async fn a_release_hands_the_key_over_to_the_waiter_in_turn_on_its_sequencer_nod
     let nodes = cluster(3);
     let key = "redlock:handed";
     let seq = &nodes[sequencer(key, 3) as usize];
-    let held = redlock(&nodes).lock("handed").await.unwrap();
+    let held = taken_in_turn(&nodes, "handed").await;
     let waiting = wait_for(patient(&nodes), "handed", LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
     let scripts_before = command_calls(seq, "evalsha");
@@ -483,7 +495,7 @@ async fn a_release_hands_the_key_over_to_the_waiter_in_turn_on_its_sequencer_nod
 async fn a_waiter_that_missed_its_hand_over_takes_it_when_it_asks_again() {
     let nodes = cluster(3);
     let key = "redlock:unheard";
-    let held = redlock(&nodes).lock("unheard").await.unwrap();
+    let held = taken_in_turn(&nodes, "unheard").await;
     let waiter = redlock_with(&nodes, |b| {
         b.retry(Retry::new(
             1_000,
@@ -513,8 +525,7 @@ async fn a_waiter_cancelled_after_its_hand_over_frees_the_key() {
     let nodes = cluster(3);
     let key = "redlock:abandoned";
     let seq = &nodes[sequencer(key, 3) as usize];
-    let holder = redlock(&nodes);
-    let held = holder.lock("abandoned").await.unwrap();
+    let held = taken_in_turn(&nodes, "abandoned").await;
     let holder_token = seq.get(key).unwrap().expect("held");
     let waiting = wait_for(patient(&nodes), "abandoned", LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
@@ -530,7 +541,13 @@ async fn a_waiter_cancelled_after_its_hand_over_frees_the_key() {
         eventually(Duration::from_secs(2), || seq.get(key).unwrap().is_none()).await,
         "the cancelled waiter freed the key"
     );
-    assert!(holder.try_lock("abandoned").await.unwrap().is_some());
+    assert!(
+        redlock(&nodes)
+            .try_lock("abandoned")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// A lock handed over counts its validity from when the waiter registered its token (before
@@ -540,7 +557,7 @@ async fn a_waiter_cancelled_after_its_hand_over_frees_the_key() {
 async fn a_handed_over_lock_counts_its_validity_from_the_registration() {
     let nodes = cluster(3);
     let key = "redlock:counted";
-    let held = redlock(&nodes).lock("counted").await.unwrap();
+    let held = taken_in_turn(&nodes, "counted").await;
     let waiting = wait_for(
         patient(&nodes),
         "counted",
@@ -570,7 +587,7 @@ async fn a_waiter_in_line_longer_than_its_ttl_still_takes_the_hand_over() {
     let nodes = cluster(3);
     let key = "redlock:long-line";
     let seq = &nodes[sequencer(key, 3) as usize];
-    let held = redlock(&nodes).lock("long-line").await.unwrap();
+    let held = taken_in_turn(&nodes, "long-line").await;
     let waiter = redlock_with(&nodes, |b| {
         b.retry(Retry::new(1_000, Duration::from_secs(2), Duration::ZERO))
     });
