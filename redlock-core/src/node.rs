@@ -539,7 +539,7 @@ impl Node {
             let queue_keys = queue.map_or(0, |queue| queue.len());
             cmd.arg(keys.len() + queue_keys).arg(keys);
             if let Some(queue) = queue {
-                cmd.arg(&queue[..]);
+                cmd.arg(queue);
             }
             cmd.arg(token).arg(mode).arg(keys.len());
             if queue_keys > 1 {
