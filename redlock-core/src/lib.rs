@@ -91,10 +91,11 @@
 //! leaves the nodes in between, so other processes get their turn
 //! (`queue::local_hand_overs_do_not_starve_a_waiter_in_another_process`). Across processes, a
 //! waiter joins the lock's wait queue on its sequencer node, which then grants the key only in
-//! turn; the release script hands the key over on that node to the waiter whose turn it is (to a
-//! token the waiter registered when it joined) and tells only that waiter, which asks the other
-//! nodes alone, so waiters are served in arrival order and a release wakes one process, not all
-//! of them (`queue::*`, `queue::a_release_wakes_only_the_waiter_in_turn`,
+//! turn; the release of a lock that was itself taken through the queue hands the key over on
+//! that node to the waiter whose turn it is (to a token the waiter registered when it joined)
+//! and tells only that waiter, which asks the other nodes alone (an uncontended lock's release
+//! wakes that waiter, which asks every node), so waiters are served in arrival order and a
+//! release wakes one process, not all of them (`queue::*`, `queue::a_release_wakes_only_the_waiter_in_turn`,
 //! `queue::a_release_hands_the_key_over_to_the_waiter_in_turn_on_its_sequencer_node`). A handed
 //! lock counts its validity from the registration
 //! (`queue::a_handed_over_lock_counts_its_validity_from_the_registration`); a waiter that missed

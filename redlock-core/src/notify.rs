@@ -9,10 +9,10 @@
 //! For a single-resource lock without fencing the waiter also joins the key's **wait queue** on
 //! the sequencer node ([`FAIR_ACQUIRE`](crate::scripts::FAIR_ACQUIRE)): that node then grants
 //! the key only to the waiter at the head of the queue, and the release script turns to exactly
-//! that waiter, on `<key>:released:<waiter>`: it hands the key over on that node to the token
-//! the waiter registered when it joined, and publishes the token, so that the waiter asks only
-//! the other nodes ([`RELEASE`](crate::scripts::RELEASE)); or, when the waiter's lease ran out,
-//! it only wakes it. Waiters thus take the lock in arrival order, and a release wakes one
+//! that waiter, on `<key>:released:<waiter>`: a contended lock's release hands the key over on
+//! that node to the token the waiter registered when it joined, and publishes the token, so
+//! that the waiter asks only the other nodes ([`RELEASE`](crate::scripts::RELEASE)); an
+//! uncontended lock's release, or one that finds the waiter's lease run out, only wakes it. Waiters thus take the lock in arrival order, and a release wakes one
 //! process instead of all of them (every woken waiter would otherwise send a SET that all but
 //! one lose). The queue only decides who *asks* first: a lock is still granted only by a quorum
 //! of `SET NX` (the sequencer node's, for a hand-over, set by the release), so it adds no safety
