@@ -117,15 +117,13 @@ async fn a_cancelled_waiter_leaves_the_queue() {
         .await,
         "the cancelled waiter left the queue"
     );
-    let released = Instant::now();
-    held.release().await.unwrap();
-    let lock = waiting.await.unwrap().expect("the next waiter is served");
-    assert!(
-        released.elapsed() < Duration::from_secs(3),
-        "woken by the release: {:?}",
-        released.elapsed()
-    );
-    lock.release().await.unwrap();
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_secs(3),
+        "woken by the release",
+    )
+    .await;
 }
 
 /// A waiter that died in line (here: a queue entry with a 2 s lease that nobody renews) keeps
@@ -360,15 +358,13 @@ async fn a_waiter_in_turn_asks_again_the_nodes_the_release_has_not_reached() {
         node.query(&["SET", &key, "previous-holder", "PX", "10"])
             .unwrap();
     }
-    let released = Instant::now();
-    held.release().await.unwrap();
-    let lock = waiting.await.unwrap().expect("served in turn");
-    assert!(
-        released.elapsed() < Duration::from_secs(2),
-        "kept its turn instead of sleeping for its pause: {:?}",
-        released.elapsed()
-    );
-    lock.release().await.unwrap();
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_secs(2),
+        "kept its turn instead of sleeping for its pause",
+    )
+    .await;
 }
 
 /// Tasks of one process that keep handing a lock to each other (the next one's SETs queued
@@ -417,6 +413,25 @@ async fn local_hand_overs_do_not_starve_a_waiter_in_another_process() {
         task.await.unwrap();
     }
     assert!(during > 0, "the local tasks kept taking turns meanwhile");
+}
+
+/// Releases `held`; the waiter behind it must be served within `limit` (far below its pause
+/// and the ttl), for the reason `why`. Releases what it was served.
+async fn release_then_served(
+    held: redlock_core::Lock,
+    waiting: tokio::task::JoinHandle<Result<redlock_core::Lock, redlock_core::Error>>,
+    limit: Duration,
+    why: &str,
+) {
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("the next waiter is served");
+    assert!(
+        released.elapsed() < limit,
+        "{why}: {:?}",
+        released.elapsed()
+    );
+    lock.release().await.unwrap();
 }
 
 /// A client that waits for `resource` up to 20 s in a task of its own.
@@ -506,15 +521,13 @@ async fn a_waiter_that_missed_its_hand_over_takes_it_when_it_asks_again() {
     let waiting = wait_for(waiter, "unheard", LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
     deafen(&nodes[sequencer(key, 3) as usize]);
-    let released = Instant::now();
-    held.release().await.unwrap();
-    let lock = waiting.await.unwrap().expect("granted");
-    assert!(
-        released.elapsed() < Duration::from_secs(3),
-        "took the hand-over at its next ask, not at the ttl: {:?}",
-        released.elapsed()
-    );
-    lock.release().await.unwrap();
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_secs(3),
+        "took the hand-over at its next ask, not at the ttl",
+    )
+    .await;
 }
 
 /// A waiter cancelled after a release handed it the key, before it took it (it did not hear:
