@@ -95,10 +95,12 @@
 //! that node to the waiter whose turn it is (to a token the waiter registered when it joined)
 //! and tells only that waiter, which asks the other nodes alone (an uncontended lock's release
 //! wakes that waiter, which asks every node), so waiters are served in arrival order and a
-//! release wakes one process, not all of them (`queue::*`, `queue::a_release_wakes_only_the_waiter_in_turn`,
+//! release wakes one process, not all of them (`queue::*`,
+//! `queue::a_release_wakes_only_the_waiter_in_turn`,
 //! `queue::a_release_hands_the_key_over_to_the_waiter_in_turn_on_its_sequencer_node`). A handed
-//! lock counts its validity from the registration
-//! (`queue::a_handed_over_lock_counts_its_validity_from_the_registration`); a waiter that missed
+//! lock counts its validity from the waiter's last ask that node saw
+//! (`queue::a_handed_over_lock_counts_its_validity_from_the_registration`,
+//! `queue::a_waiter_in_line_longer_than_its_ttl_still_takes_the_hand_over`); a waiter that missed
 //! the message takes the key at its next ask, and one that gives up frees it
 //! (`queue::a_waiter_that_missed_its_hand_over_takes_it_when_it_asks_again`,
 //! `queue::a_waiter_cancelled_after_its_hand_over_frees_the_key`). The queue only orders who asks

@@ -12,11 +12,12 @@
 //! that waiter, on `<key>:released:<waiter>`: a contended lock's release hands the key over on
 //! that node to the token the waiter registered when it joined, and publishes the token, so
 //! that the waiter asks only the other nodes ([`RELEASE`](crate::scripts::RELEASE)); an
-//! uncontended lock's release, or one that finds the waiter's lease run out, only wakes it. Waiters thus take the lock in arrival order, and a release wakes one
-//! process instead of all of them (every woken waiter would otherwise send a SET that all but
-//! one lose). The queue only decides who *asks* first: a lock is still granted only by a quorum
-//! of `SET NX` (the sequencer node's, for a hand-over, set by the release), so it adds no safety
-//! assumption. A waiter keeps its place by
+//! uncontended lock's release, or one that finds the waiter's lease run out, only wakes it.
+//! Waiters thus take the lock in arrival order, and a release wakes one process instead of all
+//! of them (every woken waiter would otherwise send a SET that all but one lose). The queue only
+//! decides who *asks* first: a lock is still granted only by a quorum of `SET NX` (the sequencer
+//! node's, for a hand-over, set by the release), so it adds no safety assumption. A waiter keeps
+//! its place by
 //! asking again within its lease; one that crashed is dropped from the head once its lease runs
 //! out, and one that gives up leaves at once ([`LEAVE_QUEUE`](crate::scripts::LEAVE_QUEUE)).
 //!

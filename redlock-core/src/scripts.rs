@@ -41,21 +41,21 @@ impl Lua {
 /// that expired and was taken by someone else is never released by us. Returns how many keys it
 /// deleted.
 ///
-/// KEYS: the lock keys, then optionally the wait queue of the first one: its list only (wake
-/// the head), or the three keys of [`wait_queue`] (hand over to the head). ARGV: the token,
-/// the announcement mode, the number of lock keys, and with the three queue keys the caller's
-/// wall clock in ms (for nodes whose scripts see no clock, as in [`FAIR_ACQUIRE`]). When it deleted something, mode "1" (a held lock's release) announces it
-/// on `<key>:released` for waiters that listen to every release ([`notify`](crate::notify)),
-/// and mode "1" or "2" (the cleanup of a failed attempt, which must not wake the broadcast
-/// listeners: its own waiter among them) turns to the waiter at the head of the queue. If that
-/// waiter registered a token ([`FAIR_ACQUIRE`]) and its lease is still running, the key is
-/// **handed over** to it here: set to its token with its ttl, the waiter taken out of the
-/// queue, and the token published on `<key>:released:<waiter>` with the number of the waiter's
-/// last ask this node saw (the waiter counts its validity from when it sent that ask), so that
-/// the waiter holds this node's vote without asking for it. Otherwise the waiter is woken there
-/// with an empty message and asks as usual. The hand-over sets the key with `PSETEX` (`SET PX` by another
-/// name), which nothing else here calls: `cmdstat_psetex` in `INFO commandstats` counts the
-/// hand-overs a node made.
+/// KEYS: the lock keys, then optionally the wait queue of the first one: its list only (wake the
+/// head), or the three keys of [`wait_queue`] (hand over to the head). ARGV: the token, the
+/// announcement mode, the number of lock keys, and with the three queue keys the caller's wall
+/// clock in ms (for nodes whose scripts see no clock, as in [`FAIR_ACQUIRE`]). When it deleted
+/// something, mode "1" (a held lock's release) announces it on `<key>:released` for waiters that
+/// listen to every release ([`notify`](crate::notify)), and mode "1" or "2" (the cleanup of a
+/// failed attempt, which must not wake the broadcast listeners: its own waiter among them) turns to
+/// the waiter at the head of the queue. If that waiter registered a token ([`FAIR_ACQUIRE`]) and
+/// its lease is still running, the key is **handed over** to it here: set to its token with its
+/// ttl, the waiter taken out of the queue, and the token published on `<key>:released:<waiter>`
+/// with the number of the waiter's last ask this node saw (the waiter counts its validity from when
+/// it sent that ask), so that the waiter holds this node's vote without asking for it. Otherwise
+/// the waiter is woken there with an empty message and asks as usual. The hand-over sets the key
+/// with `PSETEX` (`SET PX` by another name), which nothing else here calls: `cmdstat_psetex` in
+/// `INFO commandstats` counts the hand-overs a node made.
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
 
 /// The body of [`RELEASE`]. Releases behind a SET whose reply never came are sent with `EVAL`
@@ -112,8 +112,9 @@ return 0"#,
 
 /// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order, a
 /// hash of their leases (server time in ms), and a hash of the tokens they registered for a
-/// hand-over (`<ttl ms> <token> <ask number>`, see [`RELEASE`]). In Redis Cluster or Dragonfly cluster mode,
-/// put a hash tag in the resource name (`{orders:42}`) so they land in the lock key's slot.
+/// hand-over (`<ttl ms> <token> <ask number>`, see [`RELEASE`]). In Redis Cluster or Dragonfly
+/// cluster mode, put a hash tag in the resource name (`{orders:42}`) so they land in the lock key's
+/// slot.
 pub(crate) fn wait_queue(lock_key: &str) -> [String; 3] {
     [
         wait_queue_list(lock_key),
