@@ -324,6 +324,21 @@ impl RedisNode {
         }
     }
 
+    /// How many times the node has run `command` (lower case, as `INFO commandstats` names it;
+    /// 0 for one it never ran).
+    pub fn command_calls(&self, command: &str) -> io::Result<i64> {
+        let info = self.query(&["INFO", "commandstats"])?;
+        let prefix = format!("cmdstat_{command}:calls=");
+        Ok(info
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// `SET key value`.
     pub fn set(&self, key: &str, value: &str) -> io::Result<()> {
         expect_ok("SET", &self.query(&["SET", key, value])?)

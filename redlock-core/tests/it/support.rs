@@ -127,16 +127,7 @@ impl Overlap {
 
 /// How many times `node` has run `command` (lower case, as `INFO commandstats` names it).
 pub(crate) fn command_calls(node: &redlock_tests::RedisNode, command: &str) -> i64 {
-    let info = node
-        .query(&["INFO", "commandstats"])
-        .expect("INFO commandstats");
-    let text = info.as_str().unwrap_or_default().to_owned();
-    let prefix = format!("cmdstat_{command}:calls=");
-    text.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
+    node.command_calls(command).expect("INFO commandstats")
 }
 
 /// [`RedisNode::monitor`](redlock_tests::RedisNode::monitor) on `node`, which must start.

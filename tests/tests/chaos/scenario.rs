@@ -298,18 +298,9 @@ pub(crate) async fn run_shaped(
 /// script is the only caller of `RPUSH` (a waiter joins a queue), and a release handing a key
 /// over to a waiter the only caller of `PSETEX`.
 fn command_calls(cluster: &Cluster, command: &str) -> i64 {
-    let prefix = format!("cmdstat_{command}:");
     cluster
         .iter()
-        .filter_map(|node| node.query(&["INFO", "commandstats"]).ok())
-        .filter_map(|info| {
-            let line = info
-                .as_str()?
-                .lines()
-                .find(|l| l.starts_with(prefix.as_str()))?;
-            let calls = line.split_once("calls=")?.1.split(',').next()?;
-            calls.parse::<i64>().ok()
-        })
+        .filter_map(|node| node.command_calls(command).ok())
         .sum()
 }
 
