@@ -628,3 +628,25 @@ async fn a_waiter_in_line_longer_than_its_ttl_still_takes_the_hand_over() {
     );
     lock.release().await.unwrap();
 }
+
+/// A lock taken uncontended (every node asked at once) releases with the cheaper call that
+/// only wakes the next waiter, which then asks for itself: no hand-over, so the uncontended
+/// path (every lock of a quiet key) pays nothing for it. Only the locks that follow, taken
+/// through the queue, hand over.
+#[tokio::test]
+async fn an_uncontended_lock_wakes_the_next_waiter_without_handing_over() {
+    let nodes = cluster(3);
+    let key = "redlock:quiet";
+    let seq = &nodes[sequencer(key, 3) as usize];
+    let held = redlock(&nodes).lock("quiet").await.unwrap();
+    let waiting = wait_for(patient(&nodes), "quiet", LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_secs(3),
+        "woken by the release",
+    )
+    .await;
+    assert_eq!(command_calls(seq, "psetex"), 0, "no hand-over");
+}
