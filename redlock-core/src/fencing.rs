@@ -58,11 +58,16 @@ pub(crate) fn fence_key(lock_key: &str) -> String {
 }
 
 /// Phase 1: `SET lock token NX PX ttl`; on success returns the fence counter (0 when absent),
-/// otherwise -1. KEYS: lock, fence. ARGV: token, ttl in ms.
+/// otherwise -1, and for a waiter asking the key's sequencer node sets the key's waiting flag
+/// for ARGV[3] ms (see [`waiting_flag`](crate::scripts::waiting_flag)). KEYS: lock, fence, and
+/// with ARGV[3] the flag. ARGV: token, ttl in ms, and the flag's lifetime in ms.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"if redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
     return tonumber(redis.call("GET", KEYS[2]) or "0")
+end
+if ARGV[3] then
+    redis.call("SET", KEYS[3], "1", "PX", ARGV[3])
 end
 return -1"#,
     )

@@ -139,6 +139,16 @@ pub(crate) struct Fair {
     pub(crate) heir: Option<(Arc<str>, u64)>,
 }
 
+/// How a sequenced attempt asks the key's sequencer node.
+#[derive(Clone, Debug)]
+pub(crate) enum Ask {
+    /// Through the key's wait queue (single-key locks without fencing).
+    Fair(Fair),
+    /// With a fenced or multi-key SET that, refused, flags the keys as waited for this long
+    /// ([`waiting_flag`](scripts::waiting_flag)), so that their release wakes this waiter.
+    Flagged(Duration),
+}
+
 /// Whom a release wakes on a node ([`RELEASE`](scripts::RELEASE)'s mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Wake {
@@ -344,7 +354,10 @@ impl Node {
 
     /// `SET key token NX PX ttl` on `link`, or on a connection checked out within the node
     /// timeout. Returns the link used, so a later release of a doubtful SET travels the same
-    /// ordered connection.
+    /// ordered connection. `waiting`, for a waiter asking the key's sequencer node with a fenced
+    /// or multi-key SET, is how long a refusal flags the keys as waited for
+    /// ([`waiting_flag`](scripts::waiting_flag)); a plain SET flags nothing (single-key waiters
+    /// without fencing ask through the wait queue, which flags the key).
     #[instrument(level = "debug", name = "redlock.set", skip_all, fields(node = %self.addr))]
     pub(crate) async fn set_nx_px(
         &self,
@@ -353,6 +366,7 @@ impl Node {
         token: &str,
         ttl: Duration,
         fenced: bool,
+        waiting: Option<Duration>,
     ) -> (Vote, Option<Link>) {
         let link = match self.link_for_set(link).await {
             Ok(link) => link,
@@ -370,6 +384,11 @@ impl Node {
                 .key(fencing::fence_key(key))
                 .arg(token)
                 .arg(ttl_ms);
+            if let Some(waiting) = waiting {
+                invocation
+                    .key(scripts::waiting_flag(key))
+                    .arg(ttl_millis(waiting));
+            }
             match Box::pin(self.run(&link, invocation.invoke_async::<i64>(&mut conn))).await {
                 Ok(n) if n >= 0 => Vote::Acquired(u64::try_from(n).ok()),
                 Ok(_) => Vote::Busy,
@@ -382,6 +401,12 @@ impl Node {
                 invocation.key(key);
             }
             invocation.arg(token).arg(ttl_ms);
+            if let Some(waiting) = waiting {
+                for key in keys {
+                    invocation.key(scripts::waiting_flag(key));
+                }
+                invocation.arg(ttl_millis(waiting));
+            }
             match Box::pin(self.run(&link, invocation.invoke_async::<i64>(&mut conn))).await {
                 Ok(1) => Vote::Acquired(None),
                 Ok(_) => Vote::Busy,
@@ -450,7 +475,7 @@ impl Node {
         let queue = scripts::wait_queue(key);
         let reply: Result<i64, _> = self
             .eval(&link, &scripts::FAIR_ACQUIRE, true, self.timeout, |cmd| {
-                cmd.arg(4)
+                cmd.arg(5)
                     .arg(key)
                     .arg(&queue[..])
                     .arg(token)
@@ -488,7 +513,7 @@ impl Node {
         let queue = scripts::wait_queue(key);
         let _: i64 = self
             .eval(&link, &scripts::LEAVE_QUEUE, true, self.timeout, |cmd| {
-                cmd.arg(4)
+                cmd.arg(5)
                     .arg(key)
                     .arg(&queue[..])
                     .arg(waiter)
@@ -501,8 +526,10 @@ impl Node {
     /// Compare-and-delete. `Ok(true)` when our token was there and is now gone. Goes through
     /// `link` when given (to stay behind a doubtful SET on the same connection); a link whose
     /// connection dropped is replaced by a fresh one, since nothing more can arrive through it.
-    /// `wake` says whom the release wakes here, and `queue` is the key's wait queue when this
-    /// node is its sequencer. `timeout` bounds the wait for the answer: the node timeout when a
+    /// `wake` says whom the release wakes here, and `queue` is, when this node is the key's
+    /// sequencer, the keys of its wait queue ([`wait_queue`](scripts::wait_queue): the release
+    /// hands the key over to the head) or its list and [`waiting_flag`](scripts::waiting_flag)
+    /// (an uncontended lock's release: wakes waiters if any). `timeout` bounds the wait for the answer: the node timeout when a
     /// caller waits, longer in the background.
     ///
     /// Every lock sends one per node, so the common path is one flat future, like
@@ -523,10 +550,15 @@ impl Node {
             Wake::Head => "2",
         };
         // One key that wakes nobody (the common case: every node but a lock's sequencer) takes
-        // the plain compare-and-delete, which costs the node less than the general script.
+        // the plain compare-and-delete, which costs the node less than the general script; an
+        // uncontended lock's sequencer node (its wait queue's list and waiting flag given) the
+        // one that wakes waiters only when there are some.
         let plain = matches!((keys, wake, queue), ([_], Wake::Nobody, None));
+        let uncontended = matches!((keys, queue), ([_], Some([_, _])));
         let script = if plain {
             &*scripts::RELEASE_ONE
+        } else if uncontended {
+            &*scripts::RELEASE_UNCONTENDED
         } else {
             &*scripts::RELEASE
         };
@@ -534,6 +566,10 @@ impl Node {
             let mut cmd = script.command(by_hash);
             if plain {
                 cmd.arg(1).arg(keys).arg(token);
+                return cmd;
+            }
+            if let (true, Some(queue)) = (uncontended, queue) {
+                cmd.arg(3).arg(keys).arg(queue).arg(token).arg(mode);
                 return cmd;
             }
             let queue_keys = queue.map_or(0, |queue| queue.len());

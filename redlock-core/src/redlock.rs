@@ -19,7 +19,7 @@ use crate::{
     load::Load,
     local::LocalQueues,
     lock::Lock,
-    node::{Fair, Keys, Node},
+    node::{Ask, Fair, Keys, Node},
     notify::{Notifier, sequencer},
     renewer::Renewer,
     retry::Retry,
@@ -510,9 +510,14 @@ impl Redlock {
             };
             in_turn = false;
             let mut refused = Refused::default();
-            let mut ask = if sequenced { fair.clone() } else { None };
+            // Refused, our ask flags the key as waited for, for as long as the wait queue's
+            // keys live (see `scripts::waiting_flag`): the next release then wakes us.
+            let mut ask = sequenced.then(|| match &fair {
+                Some(fair) => Ask::Fair(fair.clone()),
+                None => Ask::Flagged(queue_lease(&retry).saturating_mul(2)),
+            });
             let mut asked = None;
-            if let Some(ask) = ask.as_mut()
+            if let Some(Ask::Fair(ask)) = ask.as_mut()
                 && take_over.is_none()
             {
                 // We may join the queue with a token to be handed the key: from now on, giving
@@ -732,7 +737,7 @@ impl Redlock {
         ttl: Duration,
         fenced: bool,
         approach: Approach,
-        fair: Option<Fair>,
+        ask: Option<Ask>,
         refused: &mut Refused,
     ) -> Result<Lock> {
         let keys = &target.keys;
@@ -744,7 +749,7 @@ impl Redlock {
         let votes = match approach {
             Approach::Parallel => Votes::send(&self.shared, keys, &value, ttl, fenced),
             Approach::Sequenced | Approach::InTurn => {
-                Votes::send_first(&self.shared, keys, &value, ttl, fenced, fair)
+                Votes::send_first(&self.shared, keys, &value, ttl, fenced, ask)
             }
         };
         let mut guard = AttemptGuard {

@@ -41,10 +41,11 @@ impl Lua {
 /// that expired and was taken by someone else is never released by us. Returns how many keys it
 /// deleted.
 ///
-/// KEYS: the lock keys, then optionally the wait queue of the first one: its list only (wake the
-/// head), or the three keys of [`wait_queue`] (hand over to the head). ARGV: the token, the
-/// announcement mode, the number of lock keys, and with the three queue keys the caller's wall
-/// clock in ms (for nodes whose scripts see no clock, as in [`FAIR_ACQUIRE`]). When it deleted
+/// KEYS: the lock keys, then optionally the four keys of the first one's [`wait_queue`] (hand
+/// over to the head of the queue; the release of a lock taken uncontended is
+/// [`RELEASE_UNCONTENDED`]). ARGV: the token, the announcement mode, the number of lock keys, and
+/// with the queue's keys the caller's wall clock in ms (for nodes whose scripts see no clock, as
+/// in [`FAIR_ACQUIRE`]). When it deleted
 /// something, mode "1" (a held lock's release) announces it on `<key>:released` for waiters that
 /// listen to every release ([`notify`](crate::notify)), and mode "1" or "2" (the cleanup of a
 /// failed attempt, which must not wake the broadcast listeners: its own waiter among them) turns to
@@ -55,7 +56,9 @@ impl Lua {
 /// it sent that ask), so that the waiter holds this node's vote without asking for it. Otherwise
 /// the waiter is woken there with an empty message and asks as usual. The hand-over sets the key
 /// with `PSETEX` (`SET PX` by another name), which nothing else here calls: `cmdstat_psetex` in
-/// `INFO commandstats` counts the hand-overs a node made.
+/// `INFO commandstats` counts the hand-overs a node made. A release (mode "1") that finds nobody
+/// in the queue deletes the key's [`waiting_flag`]: whoever still waits heard this release and
+/// flags the key again when refused.
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
 
 /// The body of [`RELEASE`]. Releases behind a SET whose reply never came are sent with `EVAL`
@@ -94,9 +97,42 @@ if deleted > 0 and ARGV[2] ~= "0" and KEYS[n + 1] then
             end
         end
         redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
+    elseif ARGV[2] == "1" and KEYS[n + 4] then
+        redis.call("DEL", KEYS[n + 4])
     end
 end
 return deleted"#;
+
+/// The release of a lock taken uncontended, on its key's sequencer node: compare-and-delete,
+/// then, only while the key's [`waiting_flag`] says someone waits for it, the wake-ups of
+/// [`RELEASE`] without the hand-over (mode "1": every listener to `<key>:released` and the head of
+/// the wait queue, and with nobody in the queue the flag is deleted, as in [`RELEASE`]; "2": the
+/// head only). With nobody waiting it costs the node what [`RELEASE_ONE`] does plus one key:
+/// every waiter writes the flag as it is refused, in the same script, so a release that runs
+/// after a refusal finds it. Returns 1 when it deleted the key.
+///
+/// KEYS: the lock key, its wait queue's list, its waiting flag. ARGV: the token, the mode.
+pub(crate) static RELEASE_UNCONTENDED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"local found = redis.call("MGET", KEYS[1], KEYS[3])
+if found[1] ~= ARGV[1] then
+    return 0
+end
+redis.call("DEL", KEYS[1])
+if found[2] then
+    if ARGV[2] == "1" then
+        redis.call("PUBLISH", KEYS[1] .. ":released", "")
+    end
+    local head = redis.call("LINDEX", KEYS[2], 0)
+    if head then
+        redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
+    elseif ARGV[2] == "1" then
+        redis.call("DEL", KEYS[3])
+    end
+end
+return 1"#,
+    )
+});
 
 /// Compare-and-delete of one key that wakes nobody: [`RELEASE`] without its loop and
 /// announcements, for every node that is not the key's sequencer. KEYS: the lock key. ARGV: the
@@ -111,21 +147,34 @@ return 0"#,
 });
 
 /// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order, a
-/// hash of their leases (server time in ms), and a hash of the tokens they registered for a
-/// hand-over (`<ttl ms> <token> <ask number>`, see [`RELEASE`]). In Redis Cluster or Dragonfly
+/// hash of their leases (server time in ms), a hash of the tokens they registered for a
+/// hand-over (`<ttl ms> <token> <ask number>`, see [`RELEASE`]), and the [`waiting_flag`]. In Redis Cluster or Dragonfly
 /// cluster mode, put a hash tag in the resource name (`{orders:42}`) so they land in the lock key's
 /// slot.
-pub(crate) fn wait_queue(lock_key: &str) -> [String; 3] {
+pub(crate) fn wait_queue(lock_key: &str) -> [String; 4] {
     [
         wait_queue_list(lock_key),
         format!("{lock_key}:queue:leases"),
         format!("{lock_key}:queue:heirs"),
+        waiting_flag(lock_key),
     ]
 }
 
 /// The list of [`wait_queue`]: all an uncontended lock's release needs of it.
 pub(crate) fn wait_queue_list(lock_key: &str) -> String {
     format!("{lock_key}:queue")
+}
+
+/// A string key on the sequencer node that exists while someone waits for the lock key: every
+/// waiter refused there sets it, with the lifetime of the wait queue's keys (two leases), in the
+/// script that refused it ([`FAIR_ACQUIRE`], and for fenced and `lock_many` waiters the
+/// acquisition scripts of [`fencing`](crate::fencing) and [`ACQUIRE_MANY`]). The release of an
+/// uncontended lock reads it with the key itself ([`RELEASE_UNCONTENDED`]) and wakes nobody
+/// while it is absent, which spares the node the wake-ups' calls on nearly every release. A flag
+/// left behind by a waiter that went away only costs the next releases those calls; it never
+/// touches a lock.
+pub(crate) fn waiting_flag(lock_key: &str) -> String {
+    format!("{lock_key}:queue:waiting")
 }
 
 /// A queued waiter's acquisition on the sequencer node: `SET NX PX` only when the queue is empty
@@ -145,8 +194,12 @@ pub(crate) fn wait_queue_list(lock_key: &str) -> String {
 /// clocks disagree by more than a lease may then drop a live waiter, who joins again at the end
 /// of the line: fairness suffers, never safety.
 ///
-/// KEYS: lock, queue list, lease hash, registration hash. ARGV: token, ttl ms, waiter id, lease
-/// ms, join, the caller's wall clock in ms, the registered token (or ""), the ask's number.
+/// A waiter that joins or keeps its place also sets the key's [`waiting_flag`], which expires
+/// with the queue's other keys.
+///
+/// KEYS: lock, queue list, lease hash, registration hash, waiting flag. ARGV: token, ttl ms,
+/// waiter id, lease ms, join, the caller's wall clock in ms, the registered token (or ""), the
+/// ask's number.
 pub(crate) static FAIR_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"local me = ARGV[3]
@@ -198,6 +251,7 @@ if ARGV[7] ~= "" then
 end
 redis.call("PEXPIRE", KEYS[2], 2 * tonumber(ARGV[4]))
 redis.call("PEXPIRE", KEYS[3], 2 * tonumber(ARGV[4]))
+redis.call("SET", KEYS[5], "1", "PX", 2 * tonumber(ARGV[4]))
 if dropped and head and head ~= me and redis.call("EXISTS", KEYS[1]) == 0 then
     -- Free, and the turn passed from a waiter that is gone to one that may not know it.
     redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
@@ -209,8 +263,10 @@ return (place or 0) + 1"#,
 
 /// A waiter that stops waiting leaves the queue, and frees the key if a release handed it over
 /// to the token it registered (ARGV[2], or "") and it never took it; if the lock is then free,
-/// the new head is woken. KEYS: lock, queue list, lease hash, registration hash. ARGV: waiter
-/// id, registered token.
+/// the new head is woken, or with nobody left in the queue the [`waiting_flag`] deleted (no
+/// release is coming to wake anyone; a waiter still around flags the key again when refused).
+/// KEYS: lock, queue list, lease hash, registration hash, waiting flag. ARGV: waiter id,
+/// registered token.
 pub(crate) static LEAVE_QUEUE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"redis.call("LREM", KEYS[2], 0, ARGV[1])
@@ -223,6 +279,8 @@ if redis.call("EXISTS", KEYS[1]) == 0 then
     local head = redis.call("LINDEX", KEYS[2], 0)
     if head then
         redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
+    else
+        redis.call("DEL", KEYS[5])
     end
 end
 return 1"#,
@@ -231,14 +289,27 @@ return 1"#,
 
 /// All-or-nothing acquisition of several keys ([`Redlock::lock_many`](crate::Redlock::lock_many)):
 /// sets every key to our token with the ttl only if none of them exists. Returns 1 or 0.
+///
+/// KEYS: the lock keys, then, for a waiter asking the sequencer node, each one's
+/// [`waiting_flag`], which a refusal sets for ARGV[3] ms. ARGV: token, ttl ms, and with the flags
+/// their lifetime.
 pub(crate) static ACQUIRE_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r#"for i = 1, #KEYS do
+        r#"local n = #KEYS
+if ARGV[3] then
+    n = n / 2
+end
+for i = 1, n do
     if redis.call("EXISTS", KEYS[i]) == 1 then
+        if ARGV[3] then
+            for j = n + 1, 2 * n do
+                redis.call("SET", KEYS[j], "1", "PX", ARGV[3])
+            end
+        end
         return 0
     end
 end
-for i = 1, #KEYS do
+for i = 1, n do
     redis.call("SET", KEYS[i], ARGV[1], "PX", ARGV[2])
 end
 return 1"#,

@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::{
     error::{NodeError, NodeErrorKind},
     finisher::Chore,
-    node::{Fair, Keys, Link, Vote, Wake},
+    node::{Ask, Keys, Link, Vote, Wake},
     notify::sequencer,
     redlock::Shared,
     scripts,
@@ -148,20 +148,20 @@ impl Votes {
     /// would split the nodes between them and nobody would reach a quorum. Asking one node first
     /// (the same one for every client of a key) lets exactly one of them through.
     ///
-    /// With `fair`, that node is asked through the key's wait queue
+    /// With [`Ask::Fair`], that node is asked through the key's wait queue
     /// ([`Node::set_fair`](crate::node::Node::set_fair)): waiters then get the lock in the order
-    /// they asked for it.
+    /// they asked for it. Either way of asking flags the key as waited for when refused.
     pub(crate) fn send_first(
         shared: &Arc<Shared>,
         keys: &Keys,
         value: &Arc<str>,
         ttl: Duration,
         fenced: bool,
-        fair: Option<Fair>,
+        ask: Option<Ask>,
     ) -> Votes {
         let mut votes = Votes::unsent(shared, keys, value, ttl, fenced);
         votes.contended = true;
-        votes.start(shared, votes.first, fair);
+        votes.start(shared, votes.first, ask);
         votes
     }
 
@@ -236,12 +236,13 @@ impl Votes {
         }
     }
 
-    /// Prepares node `index`'s SET: through the wait queue with `fair`, plain otherwise.
-    fn start(&mut self, shared: &Arc<Shared>, index: usize, fair: Option<Fair>) {
+    /// Prepares node `index`'s SET: as `ask` says for a waiter's ask of the sequencer node,
+    /// plain otherwise.
+    fn start(&mut self, shared: &Arc<Shared>, index: usize, ask: Option<Ask>) {
         let rest = &self.rest;
         let link = match shared.nodes[index].cached_link() {
             // The common case: one key, no fencing, no queue, a connection at hand.
-            Some(link) if fair.is_none() && !rest.fenced && rest.keys.len() == 1 => {
+            Some(link) if ask.is_none() && !rest.fenced && rest.keys.len() == 1 => {
                 let set = shared.nodes[index].plain_set(link, &rest.keys[0], &rest.value, rest.ttl);
                 self.slots[index] = Slot::Pending { set };
                 return;
@@ -250,14 +251,20 @@ impl Votes {
         };
         let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
         let (ttl, fenced) = (rest.ttl, rest.fenced);
-        // A fair SET is awaited at once by the attempt, so it never needs a task.
-        let in_place = link.is_some() || fair.is_some();
+        // A waiter's ask is awaited at once by the attempt, so it never needs a task.
+        let in_place = link.is_some() || ask.is_some();
         let set = async move {
             let node = &shared.nodes[index];
-            match fair {
+            match ask {
                 // Boxed: contended only, and the plain SET future stays small.
-                Some(fair) => Box::pin(node.set_fair(link, &keys[0], &value, ttl, &fair)).await,
-                None => node.set_nx_px(link, &keys, &value, ttl, fenced).await,
+                Some(Ask::Fair(fair)) => {
+                    Box::pin(node.set_fair(link, &keys[0], &value, ttl, &fair)).await
+                }
+                Some(Ask::Flagged(waiting)) => {
+                    node.set_nx_px(link, &keys, &value, ttl, fenced, Some(waiting))
+                        .await
+                }
+                None => node.set_nx_px(link, &keys, &value, ttl, fenced, None).await,
             }
         };
         let set: SetFuture = if in_place {
@@ -751,7 +758,7 @@ struct NodeRelease {
 impl NodeRelease {
     /// Sends it on `link` (or any connection), waiting for the answer up to `timeout`.
     async fn send(&self, link: Option<&Link>, timeout: Duration) -> Result<bool, NodeErrorKind> {
-        let (all, list): ([String; 3], [String; 1]);
+        let (all, flagged): ([String; 4], [String; 2]);
         let queue: Option<&[String]> = match (self.queued, self.hand_over) {
             (false, _) => None,
             (true, true) => {
@@ -759,8 +766,11 @@ impl NodeRelease {
                 Some(&all)
             }
             (true, false) => {
-                list = [scripts::wait_queue_list(&self.keys[0])];
-                Some(&list)
+                flagged = [
+                    scripts::wait_queue_list(&self.keys[0]),
+                    scripts::waiting_flag(&self.keys[0]),
+                ];
+                Some(&flagged)
             }
         };
         self.shared.nodes[self.index]
