@@ -22,8 +22,11 @@
 //! out, and one that gives up leaves at once ([`LEAVE_QUEUE`](crate::scripts::LEAVE_QUEUE)).
 //!
 //! Other waiters (`lock_many`, fenced locks) listen to `<key>:released`, which the release
-//! script publishes on every node where it deleted a key. Either way the retry pause is only a
-//! fallback bound, for a missed message, a node without pub/sub or a dropped connection.
+//! script publishes on the sequencer node. Every waiter refused by that node flags the key as
+//! waited for there ([`waiting_flag`](crate::scripts::waiting_flag)), and the release of a lock
+//! taken uncontended wakes anybody only while the flag is set: nearly every release has nobody
+//! to wake. Either way the retry pause is only a fallback bound, for a missed message, a node
+//! without pub/sub or a dropped connection.
 
 use std::{
     collections::HashMap,
