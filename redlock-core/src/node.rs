@@ -475,7 +475,7 @@ impl Node {
         let queue = scripts::wait_queue(key);
         let reply: Result<i64, _> = self
             .eval(&link, &scripts::FAIR_ACQUIRE, true, self.timeout, |cmd| {
-                cmd.arg(5)
+                cmd.arg(4)
                     .arg(key)
                     .arg(&queue[..])
                     .arg(token)
@@ -513,7 +513,7 @@ impl Node {
         let queue = scripts::wait_queue(key);
         let _: i64 = self
             .eval(&link, &scripts::LEAVE_QUEUE, true, self.timeout, |cmd| {
-                cmd.arg(5)
+                cmd.arg(4)
                     .arg(key)
                     .arg(&queue[..])
                     .arg(waiter)
@@ -527,9 +527,9 @@ impl Node {
     /// `link` when given (to stay behind a doubtful SET on the same connection); a link whose
     /// connection dropped is replaced by a fresh one, since nothing more can arrive through it.
     /// `wake` says whom the release wakes here, and `queue` is, when this node is the key's
-    /// sequencer, the keys of its wait queue ([`wait_queue`](scripts::wait_queue): the release
-    /// hands the key over to the head) or its list and [`waiting_flag`](scripts::waiting_flag)
-    /// (an uncontended lock's release: wakes waiters if any). `timeout` bounds the wait for the answer: the node timeout when a
+    /// sequencer, the keys of its wait queue ([`wait_queue`](scripts::wait_queue)) and its
+    /// [`waiting_flag`](scripts::waiting_flag) (the release hands the key over to the head), or
+    /// the queue's list and the flag (an uncontended lock's release: wakes waiters if any). `timeout` bounds the wait for the answer: the node timeout when a
     /// caller waits, longer in the background.
     ///
     /// Every lock sends one per node, so the common path is one flat future, like

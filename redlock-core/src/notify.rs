@@ -22,9 +22,9 @@
 //! out, and one that gives up leaves at once ([`LEAVE_QUEUE`](crate::scripts::LEAVE_QUEUE)).
 //!
 //! Other waiters (`lock_many`, fenced locks) listen to `<key>:released`, which the release
-//! script publishes on the sequencer node. Every waiter refused by that node flags the key as
-//! waited for there ([`waiting_flag`](crate::scripts::waiting_flag)), and the release of a lock
-//! taken uncontended wakes anybody only while the flag is set: nearly every release has nobody
+//! script publishes on the sequencer node; refused there, they flag the key as waited for
+//! ([`waiting_flag`](crate::scripts::waiting_flag)). The release of a lock taken uncontended
+//! wakes anybody only while the key's queue or its flag exists: nearly every release has nobody
 //! to wake. Either way the retry pause is only a fallback bound, for a missed message, a node
 //! without pub/sub or a dropped connection.
 

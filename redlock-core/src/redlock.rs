@@ -510,8 +510,9 @@ impl Redlock {
             };
             in_turn = false;
             let mut refused = Refused::default();
-            // Refused, our ask flags the key as waited for, for as long as the wait queue's
-            // keys live (see `scripts::waiting_flag`): the next release then wakes us.
+            // Refused, our ask leaves a trace that the next release looks for before it wakes
+            // anyone: our place in the wait queue, or a waiting flag that lives as long as the
+            // queue's keys would (see `scripts::waiting_flag`).
             let mut ask = sequenced.then(|| match &fair {
                 Some(fair) => Ask::Fair(fair.clone()),
                 None => Ask::Flagged(queue_lease(&retry).saturating_mul(2)),

@@ -41,9 +41,9 @@ impl Lua {
 /// that expired and was taken by someone else is never released by us. Returns how many keys it
 /// deleted.
 ///
-/// KEYS: the lock keys, then optionally the four keys of the first one's [`wait_queue`] (hand
-/// over to the head of the queue; the release of a lock taken uncontended is
-/// [`RELEASE_UNCONTENDED`]). ARGV: the token, the announcement mode, the number of lock keys, and
+/// KEYS: the lock keys, then optionally the three keys of the first one's [`wait_queue`] and
+/// its [`waiting_flag`] (hand over to the head of the queue; the release of a lock taken
+/// uncontended is [`RELEASE_UNCONTENDED`]). ARGV: the token, the announcement mode, the number of lock keys, and
 /// with the queue's keys the caller's wall clock in ms (for nodes whose scripts see no clock, as
 /// in [`FAIR_ACQUIRE`]). When it deleted
 /// something, mode "1" (a held lock's release) announces it on `<key>:released` for waiters that
@@ -57,8 +57,8 @@ impl Lua {
 /// the waiter is woken there with an empty message and asks as usual. The hand-over sets the key
 /// with `PSETEX` (`SET PX` by another name), which nothing else here calls: `cmdstat_psetex` in
 /// `INFO commandstats` counts the hand-overs a node made. A release (mode "1") that finds nobody
-/// in the queue deletes the key's [`waiting_flag`]: whoever still waits heard this release and
-/// flags the key again when refused.
+/// in the queue deletes the key's [`waiting_flag`]: whoever set it heard this release and flags
+/// the key again if refused again.
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
 
 /// The body of [`RELEASE`]. Releases behind a SET whose reply never came are sent with `EVAL`
@@ -104,30 +104,30 @@ end
 return deleted"#;
 
 /// The release of a lock taken uncontended, on its key's sequencer node: compare-and-delete,
-/// then, only while the key's [`waiting_flag`] says someone waits for it, the wake-ups of
-/// [`RELEASE`] without the hand-over (mode "1": every listener to `<key>:released` and the head of
-/// the wait queue, and with nobody in the queue the flag is deleted, as in [`RELEASE`]; "2": the
-/// head only). With nobody waiting it costs the node what [`RELEASE_ONE`] does plus one key:
-/// every waiter writes the flag as it is refused, in the same script, so a release that runs
-/// after a refusal finds it. Returns 1 when it deleted the key.
+/// then, only while someone waits (the key's wait queue or its [`waiting_flag`] exists), the
+/// wake-ups of [`RELEASE`] without the hand-over: mode "1" announces the release to every
+/// listener to `<key>:released` (and deletes the flag: whoever set it hears this and flags the
+/// key again if refused again) and wakes the head of the queue; mode "2" wakes the head only.
+/// With nobody waiting it costs the node about what [`RELEASE_ONE`] does plus the lookup of two
+/// keys. A waiter is in the queue, or has flagged the key, from the moment the node refused it,
+/// in the same script, so a release that runs after a refusal always finds it. Returns 1 when it
+/// deleted the key.
 ///
 /// KEYS: the lock key, its wait queue's list, its waiting flag. ARGV: the token, the mode.
 pub(crate) static RELEASE_UNCONTENDED: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        r#"local found = redis.call("MGET", KEYS[1], KEYS[3])
-if found[1] ~= ARGV[1] then
+        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
     return 0
 end
 redis.call("DEL", KEYS[1])
-if found[2] then
+if redis.call("EXISTS", KEYS[2], KEYS[3]) > 0 then
     if ARGV[2] == "1" then
         redis.call("PUBLISH", KEYS[1] .. ":released", "")
+        redis.call("DEL", KEYS[3])
     end
     local head = redis.call("LINDEX", KEYS[2], 0)
     if head then
         redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
-    elseif ARGV[2] == "1" then
-        redis.call("DEL", KEYS[3])
     end
 end
 return 1"#,
@@ -148,15 +148,14 @@ return 0"#,
 
 /// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order, a
 /// hash of their leases (server time in ms), a hash of the tokens they registered for a
-/// hand-over (`<ttl ms> <token> <ask number>`, see [`RELEASE`]), and the [`waiting_flag`]. In Redis Cluster or Dragonfly
+/// hand-over (`<ttl ms> <token> <ask number>`, see [`RELEASE`]). In Redis Cluster or Dragonfly
 /// cluster mode, put a hash tag in the resource name (`{orders:42}`) so they land in the lock key's
 /// slot.
-pub(crate) fn wait_queue(lock_key: &str) -> [String; 4] {
+pub(crate) fn wait_queue(lock_key: &str) -> [String; 3] {
     [
         wait_queue_list(lock_key),
         format!("{lock_key}:queue:leases"),
         format!("{lock_key}:queue:heirs"),
-        waiting_flag(lock_key),
     ]
 }
 
@@ -165,14 +164,15 @@ pub(crate) fn wait_queue_list(lock_key: &str) -> String {
     format!("{lock_key}:queue")
 }
 
-/// A string key on the sequencer node that exists while someone waits for the lock key: every
-/// waiter refused there sets it, with the lifetime of the wait queue's keys (two leases), in the
-/// script that refused it ([`FAIR_ACQUIRE`], and for fenced and `lock_many` waiters the
-/// acquisition scripts of [`fencing`](crate::fencing) and [`ACQUIRE_MANY`]). The release of an
-/// uncontended lock reads it with the key itself ([`RELEASE_UNCONTENDED`]) and wakes nobody
-/// while it is absent, which spares the node the wake-ups' calls on nearly every release. A flag
-/// left behind by a waiter that went away only costs the next releases those calls; it never
-/// touches a lock.
+/// A string key on the sequencer node that says someone waits for the lock key without standing
+/// in its wait queue (fenced and `lock_many` waiters, which listen to every release): such a
+/// waiter sets it, for two leases, in the script that refuses it (the acquisition scripts of
+/// [`fencing`](crate::fencing) and [`ACQUIRE_MANY`]); a waiter in the queue needs none, the
+/// queue's list says it. The release of an uncontended lock looks both up
+/// ([`RELEASE_UNCONTENDED`]) and wakes nobody while neither exists, which spares the node the
+/// wake-ups' calls on nearly every release. A release that announces itself to every listener
+/// deletes the flag (those it woke set it again if refused again); a flag left behind by a
+/// waiter that went away only costs the next release those calls, and never touches a lock.
 pub(crate) fn waiting_flag(lock_key: &str) -> String {
     format!("{lock_key}:queue:waiting")
 }
@@ -194,12 +194,8 @@ pub(crate) fn waiting_flag(lock_key: &str) -> String {
 /// clocks disagree by more than a lease may then drop a live waiter, who joins again at the end
 /// of the line: fairness suffers, never safety.
 ///
-/// A waiter that joins or keeps its place also sets the key's [`waiting_flag`], which expires
-/// with the queue's other keys.
-///
-/// KEYS: lock, queue list, lease hash, registration hash, waiting flag. ARGV: token, ttl ms,
-/// waiter id, lease ms, join, the caller's wall clock in ms, the registered token (or ""), the
-/// ask's number.
+/// KEYS: lock, queue list, lease hash, registration hash. ARGV: token, ttl ms, waiter id, lease
+/// ms, join, the caller's wall clock in ms, the registered token (or ""), the ask's number.
 pub(crate) static FAIR_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"local me = ARGV[3]
@@ -251,7 +247,6 @@ if ARGV[7] ~= "" then
 end
 redis.call("PEXPIRE", KEYS[2], 2 * tonumber(ARGV[4]))
 redis.call("PEXPIRE", KEYS[3], 2 * tonumber(ARGV[4]))
-redis.call("SET", KEYS[5], "1", "PX", 2 * tonumber(ARGV[4]))
 if dropped and head and head ~= me and redis.call("EXISTS", KEYS[1]) == 0 then
     -- Free, and the turn passed from a waiter that is gone to one that may not know it.
     redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
@@ -263,10 +258,8 @@ return (place or 0) + 1"#,
 
 /// A waiter that stops waiting leaves the queue, and frees the key if a release handed it over
 /// to the token it registered (ARGV[2], or "") and it never took it; if the lock is then free,
-/// the new head is woken, or with nobody left in the queue the [`waiting_flag`] deleted (no
-/// release is coming to wake anyone; a waiter still around flags the key again when refused).
-/// KEYS: lock, queue list, lease hash, registration hash, waiting flag. ARGV: waiter id,
-/// registered token.
+/// the new head is woken. KEYS: lock, queue list, lease hash, registration hash. ARGV: waiter
+/// id, registered token.
 pub(crate) static LEAVE_QUEUE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"redis.call("LREM", KEYS[2], 0, ARGV[1])
@@ -279,8 +272,6 @@ if redis.call("EXISTS", KEYS[1]) == 0 then
     local head = redis.call("LINDEX", KEYS[2], 0)
     if head then
         redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
-    else
-        redis.call("DEL", KEYS[5])
     end
 end
 return 1"#,

@@ -762,7 +762,8 @@ impl NodeRelease {
         let queue: Option<&[String]> = match (self.queued, self.hand_over) {
             (false, _) => None,
             (true, true) => {
-                all = scripts::wait_queue(&self.keys[0]);
+                let [list, leases, heirs] = scripts::wait_queue(&self.keys[0]);
+                all = [list, leases, heirs, scripts::waiting_flag(&self.keys[0])];
                 Some(&all)
             }
             (true, false) => {

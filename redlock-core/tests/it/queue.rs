@@ -286,7 +286,7 @@ async fn a_release_wakes_only_the_waiter_in_turn() {
     lock.release().await.unwrap();
 }
 
-/// The wait queue's keys expire two leases after the last ask (README, operational
+/// The wait queue's three keys expire two leases after the last ask (README, operational
 /// contract), so a queue whose waiters all vanished leaves nothing behind for longer. A waiter
 /// with a 5 s pause has a 20 s lease: right after it joined, both keys have 30 to 40 s to live.
 #[tokio::test]
@@ -311,7 +311,6 @@ async fn the_queue_keys_expire_two_leases_after_the_last_ask() {
         "redlock:expiring:queue",
         "redlock:expiring:queue:leases",
         "redlock:expiring:queue:heirs",
-        "redlock:expiring:queue:waiting",
     ] {
         let pttl = node
             .query(&["PTTL", key])
@@ -661,9 +660,9 @@ async fn an_uncontended_lock_wakes_the_next_waiter_without_handing_over() {
 }
 
 /// The release of a lock nobody waits for deletes the key and wakes nobody: the sequencer node
-/// reads the key and the key's waiting flag in one call, finds no flag, and publishes nothing
-/// and reads no queue. (Publishing to every release's listeners and looking up the head of the
-/// queue on every release cost the nodes about 7 % of the benchmark's B256 row.)
+/// finds neither a wait queue nor a waiting flag, and publishes nothing and reads no queue.
+/// (Publishing to every release's listeners and looking up the head of the queue on every
+/// release cost the nodes about 7 % of the benchmark's B256 row.)
 #[tokio::test]
 async fn a_release_nobody_waits_for_wakes_nobody() {
     let nodes = cluster(3);
@@ -674,11 +673,6 @@ async fn a_release_nobody_waits_for_wakes_nobody() {
     assert!(crate::support::gone_everywhere(&nodes, key).await);
     assert_eq!(command_calls(seq, "publish"), 0, "nobody to announce to");
     assert_eq!(command_calls(seq, "lindex"), 0, "no queue to look at");
-    assert_eq!(
-        command_calls(seq, "mget"),
-        1,
-        "the key and its flag in one read"
-    );
 }
 
 /// A fenced waiter (which waits without the queue, listening to every release of the key)
@@ -743,63 +737,54 @@ async fn broadcast_waiter_is_woken(
     .await;
 }
 
-/// The waiting flag lives only while someone waits (README, operational contract): it is set
-/// for two leases (40 s for these clients), and deleted as soon as the last waiter is served or
-/// gone: by the release of a lock taken in turn that finds the queue empty, by the release of
-/// an uncontended lock that finds it empty, and by the last waiter leaving a free key.
+/// The waiting flag lives only while someone waits (README, operational contract): a fenced
+/// waiter sets it for two leases (40 s for these clients), and the release that wakes it deletes
+/// it, whether the lock was taken uncontended or in turn (the waiter sets it again if refused
+/// again). A waiter in the wait queue sets none: the queue says it waits.
 #[tokio::test]
-async fn the_waiting_flag_is_deleted_once_nobody_waits() {
+async fn the_waiting_flag_is_deleted_by_the_release_that_wakes_its_waiter() {
     let nodes = cluster(3);
-
-    // The last waiter served: its lock (taken in turn) is released with nobody behind it.
-    let taken = taken_in_turn(&nodes, "served").await;
-    assert!(flagged(&nodes, "served"), "the waiter flagged the key");
-    taken.release().await.unwrap();
+    let fenced = || {
+        redlock_with(&nodes, |b| {
+            b.fencing(true)
+                .retry(Retry::new(1_000, Duration::from_secs(5), Duration::ZERO))
+        })
+    };
+    let uncontended = fenced().lock("flagged").await.unwrap();
+    let waiting = wait_for(fenced(), "flagged", LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || flagged(&nodes, "flagged")).await);
+    uncontended.release().await.unwrap();
+    let in_turn = waiting.await.unwrap().expect("woken by the release");
     assert!(
-        unflagged(&nodes, "served").await,
-        "deleted by the last release"
+        unflagged(&nodes, "flagged").await,
+        "deleted by an uncontended lock's release"
     );
 
-    // The last waiter gone while the key is held: the holder's release finds nobody in line.
-    let held = redlock(&nodes).lock("left").await.unwrap();
-    let waiting = wait_for(patient(&nodes), "left", LockOptions::new());
+    let waiting = wait_for(fenced(), "flagged", LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || flagged(&nodes, "flagged")).await);
+    in_turn.release().await.unwrap();
+    let last = waiting.await.unwrap().expect("woken by the release");
     assert!(
-        eventually(Duration::from_secs(5), || queued(&nodes, "redlock:left")
+        unflagged(&nodes, "flagged").await,
+        "deleted by a contended lock's release"
+    );
+    last.release().await.unwrap();
+
+    let held = redlock(&nodes).lock("queued").await.unwrap();
+    let waiting = wait_for(patient(&nodes), "queued", LockOptions::new());
+    assert!(
+        eventually(Duration::from_secs(5), || queued(&nodes, "redlock:queued")
             == 1)
         .await
     );
-    assert!(flagged(&nodes, "left"), "the waiter flagged the key");
-    waiting.abort();
-    assert!(
-        eventually(Duration::from_secs(5), || queued(&nodes, "redlock:left")
-            == 0)
-        .await
-    );
-    assert!(
-        flagged(&nodes, "left"),
-        "the key is held: kept for its release"
-    );
-    held.release().await.unwrap();
-    assert!(unflagged(&nodes, "left").await, "deleted by the release");
-
-    // The last waiter gone from a key that is free (its holder's key expired, here deleted):
-    // no release is coming, so leaving deletes it.
-    let held = redlock(&nodes).lock("expired").await.unwrap();
-    let waiting = wait_for(patient(&nodes), "expired", LockOptions::new());
-    assert!(
-        eventually(Duration::from_secs(5), || queued(&nodes, "redlock:expired")
-            == 1)
-        .await
-    );
-    for node in nodes.iter() {
-        node.query(&["DEL", "redlock:expired"]).expect("DEL");
-    }
-    waiting.abort();
-    assert!(
-        unflagged(&nodes, "expired").await,
-        "deleted by the last waiter leaving"
-    );
-    drop(held);
+    assert!(!flagged(&nodes, "queued"), "the queue says it");
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_secs(3),
+        "woken by the release",
+    )
+    .await;
 }
 
 /// Whether `resource`'s waiting flag is set on its sequencer node.
