@@ -529,8 +529,9 @@ impl Node {
     /// `wake` says whom the release wakes here, and `queue` is, when this node is the key's
     /// sequencer, the keys of its wait queue ([`wait_queue`](scripts::wait_queue)) and its
     /// [`waiting_flag`](scripts::waiting_flag) (the release hands the key over to the head), or
-    /// the queue's list and the flag (an uncontended lock's release: wakes waiters if any). `timeout` bounds the wait for the answer: the node timeout when a
-    /// caller waits, longer in the background.
+    /// the queue's list and the flag (an uncontended lock's release: wakes waiters if any).
+    /// `timeout` bounds the wait for the answer: the node timeout when a caller waits, longer
+    /// in the background.
     ///
     /// Every lock sends one per node, so the common path is one flat future, like
     /// [`plain_set`](Node::plain_set); its `release` span is attached by whoever boxes it

@@ -43,13 +43,13 @@ impl Lua {
 ///
 /// KEYS: the lock keys, then optionally the three keys of the first one's [`wait_queue`] and
 /// its [`waiting_flag`] (hand over to the head of the queue; the release of a lock taken
-/// uncontended is [`RELEASE_UNCONTENDED`]). ARGV: the token, the announcement mode, the number of lock keys, and
-/// with the queue's keys the caller's wall clock in ms (for nodes whose scripts see no clock, as
-/// in [`FAIR_ACQUIRE`]). When it deleted
-/// something, mode "1" (a held lock's release) announces it on `<key>:released` for waiters that
-/// listen to every release ([`notify`](crate::notify)), and mode "1" or "2" (the cleanup of a
-/// failed attempt, which must not wake the broadcast listeners: its own waiter among them) turns to
-/// the waiter at the head of the queue. If that waiter registered a token ([`FAIR_ACQUIRE`]) and
+/// uncontended is [`RELEASE_UNCONTENDED`]). ARGV: the token, the announcement mode, the number
+/// of lock keys, and with the queue's keys the caller's wall clock in ms (for nodes whose
+/// scripts see no clock, as in [`FAIR_ACQUIRE`]). When it deleted something, mode "1" (a held
+/// lock's release) announces it on `<key>:released` for waiters that listen to every release
+/// ([`notify`](crate::notify)), and mode "1" or "2" (the cleanup of a failed attempt, which must
+/// not wake the broadcast listeners: its own waiter among them) turns to the waiter at the head
+/// of the queue. If that waiter registered a token ([`FAIR_ACQUIRE`]) and
 /// its lease is still running, the key is **handed over** to it here: set to its token with its
 /// ttl, the waiter taken out of the queue, and the token published on `<key>:released:<waiter>`
 /// with the number of the waiter's last ask this node saw (the waiter counts its validity from when
