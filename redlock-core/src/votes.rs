@@ -756,27 +756,39 @@ struct NodeRelease {
 }
 
 impl NodeRelease {
-    /// Sends it on `link` (or any connection), waiting for the answer up to `timeout`.
-    async fn send(&self, link: Option<&Link>, timeout: Duration) -> Result<bool, NodeErrorKind> {
-        let (all, flagged): ([String; 4], [String; 2]);
-        let queue: Option<&[String]> = match (self.queued, self.hand_over) {
+    /// Sends it on `link` (or any connection), waiting for the answer up to `timeout`. An
+    /// `async` block rather than an `async fn`, as [`Node::release`]: this future is allocated
+    /// for every node of every release.
+    fn send(
+        &self,
+        link: Option<&Link>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, NodeErrorKind>> {
+        // The sequencer node's wait queue: its three keys and the waiting flag to hand the key
+        // over, or the list and the flag to wake whoever waits (see `scripts`).
+        let queue: Option<([String; 4], usize)> = match (self.queued, self.hand_over) {
             (false, _) => None,
             (true, true) => {
                 let [list, leases, heirs] = scripts::wait_queue(&self.keys[0]);
-                all = [list, leases, heirs, scripts::waiting_flag(&self.keys[0])];
-                Some(&all)
+                Some((
+                    [list, leases, heirs, scripts::waiting_flag(&self.keys[0])],
+                    4,
+                ))
             }
             (true, false) => {
-                flagged = [
+                let (list, flag) = (
                     scripts::wait_queue_list(&self.keys[0]),
                     scripts::waiting_flag(&self.keys[0]),
-                ];
-                Some(&flagged)
+                );
+                Some(([list, flag, String::new(), String::new()], 2))
             }
         };
-        self.shared.nodes[self.index]
-            .release(link, &self.keys, &self.value, self.wake, queue, timeout)
-            .await
+        async move {
+            let queue = queue.as_ref().map(|(names, len)| &names[..*len]);
+            self.shared.nodes[self.index]
+                .release(link, &self.keys, &self.value, self.wake, queue, timeout)
+                .await
+        }
     }
 }
 
