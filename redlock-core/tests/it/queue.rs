@@ -718,16 +718,10 @@ async fn broadcast_waiter_is_woken(
     resource: &str,
     wait: impl FnOnce() -> tokio::task::JoinHandle<Result<redlock_core::Lock, redlock_core::Error>>,
 ) {
-    let key = format!("redlock:{resource}");
-    let seq = &nodes[sequencer(&key, 3) as usize];
     let held = redlock(nodes).lock(resource).await.unwrap();
     let waiting = wait();
-    let flagged = eventually(Duration::from_secs(5), || {
-        seq.get(&format!("{key}:queue:waiting"))
-            .is_ok_and(|flag| flag.is_some())
-    })
-    .await;
-    assert!(flagged, "the refused waiter flagged the key");
+    let refused = eventually(Duration::from_secs(5), || flagged(nodes, resource)).await;
+    assert!(refused, "the refused waiter flagged the key");
     release_then_served(
         held,
         waiting,
