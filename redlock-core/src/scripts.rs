@@ -171,8 +171,10 @@ pub(crate) fn wait_queue_list(lock_key: &str) -> String {
 /// queue's list says it. The release of an uncontended lock looks both up
 /// ([`RELEASE_UNCONTENDED`]) and wakes nobody while neither exists, which spares the node the
 /// wake-ups' calls on nearly every release. A release that announces itself to every listener
-/// deletes the flag (those it woke set it again if refused again); a flag left behind by a
-/// waiter that went away only costs the next release those calls, and never touches a lock.
+/// deletes the flag (those it woke set it again if refused again): an uncontended lock's always,
+/// a contended lock's ([`RELEASE`]) when nobody is left in the queue (until then the queue keeps
+/// the releases announcing). A flag left behind by a waiter that went away only costs the next
+/// release those calls, and never touches a lock.
 pub(crate) fn waiting_flag(lock_key: &str) -> String {
     format!("{lock_key}:queue:waiting")
 }

@@ -150,7 +150,8 @@ impl Votes {
     ///
     /// With [`Ask::Fair`], that node is asked through the key's wait queue
     /// ([`Node::set_fair`](crate::node::Node::set_fair)): waiters then get the lock in the order
-    /// they asked for it. Either way of asking flags the key as waited for when refused.
+    /// they asked for it. Either way, a refused ask leaves a trace that the next release looks
+    /// for before it wakes anyone: a place in the queue, or the key's waiting flag.
     pub(crate) fn send_first(
         shared: &Arc<Shared>,
         keys: &Keys,
