@@ -357,7 +357,7 @@ impl Node {
     /// ordered connection. `waiting`, for a waiter asking the key's sequencer node with a fenced
     /// or multi-key SET, is how long a refusal flags the keys as waited for
     /// ([`waiting_flag`](scripts::waiting_flag)); a plain SET flags nothing (single-key waiters
-    /// without fencing ask through the wait queue, which flags the key).
+    /// without fencing ask through the wait queue, whose list tells the release they wait).
     #[instrument(level = "debug", name = "redlock.set", skip_all, fields(node = %self.addr))]
     pub(crate) async fn set_nx_px(
         &self,
