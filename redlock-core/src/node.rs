@@ -133,7 +133,7 @@ pub(crate) struct Fair {
     pub(crate) join: bool,
     /// How long our place is kept without a renewal.
     pub(crate) lease: Duration,
-    /// The token registered for a hand-over (see [`RELEASE`](scripts::RELEASE)) and the number
+    /// The token registered for a hand-over (see [`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)) and the number
     /// of this ask: a release that finds us at the head of the queue sets the key to the token
     /// and tells us the number of the last ask it saw. `None` registers nothing.
     pub(crate) heir: Option<(Arc<str>, u64)>,
@@ -149,7 +149,7 @@ pub(crate) enum Ask {
     Flagged(Duration),
 }
 
-/// Whom a release wakes on a node ([`RELEASE`](scripts::RELEASE)'s mode).
+/// Whom a release wakes on a node (the release scripts' mode, see [`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Wake {
     /// Nobody: a node that is not the key's sequencer (waiters listen on the sequencer only).
@@ -575,34 +575,46 @@ impl Node {
             // the plain compare-and-delete, which costs the node less than the general script; an
             // uncontended lock's sequencer node (its wait queue's list and waiting flag given) the
             // one that wakes waiters only when there are some.
+            // A contended lock's sequencer node (all four queue keys given) the one that hands
+            // the key over to the head of the queue.
             let plain = matches!((keys, wake, queue), ([_], Wake::Nobody, None));
             let uncontended = matches!((keys, queue), ([_], Some([_, _])));
+            let contended = matches!((keys, queue), ([_], Some([_, _, _, _])));
             let script = if plain {
                 &*scripts::RELEASE_ONE
             } else if uncontended {
                 &*scripts::RELEASE_UNCONTENDED
+            } else if contended {
+                &*scripts::RELEASE_CONTENDED
             } else {
                 &*scripts::RELEASE
             };
             let command = |by_hash: bool| {
                 let mut cmd = script.command(by_hash);
-                if plain {
-                    cmd.arg(1).arg(keys).arg(token);
-                    return cmd;
-                }
-                if let (true, Some(queue)) = (uncontended, queue) {
-                    cmd.arg(3).arg(keys).arg(queue).arg(token).arg(mode);
-                    return cmd;
-                }
-                let queue_keys = queue.map_or(0, |queue| queue.len());
-                cmd.arg(keys.len() + queue_keys).arg(keys);
-                if let Some(queue) = queue {
-                    cmd.arg(queue);
-                }
-                cmd.arg(token).arg(mode).arg(keys.len());
-                if queue_keys > 1 {
-                    // For the hand-over's lease check where scripts see no clock.
-                    cmd.arg(wall_clock_millis());
+                match queue {
+                    _ if plain => {
+                        cmd.arg(1).arg(keys).arg(token);
+                    }
+                    Some(queue) if uncontended => {
+                        cmd.arg(3).arg(keys).arg(queue).arg(token).arg(mode);
+                    }
+                    Some(queue) if contended => {
+                        // The caller's clock: for the lease check where scripts see none.
+                        cmd.arg(5)
+                            .arg(keys)
+                            .arg(queue)
+                            .arg(token)
+                            .arg(mode)
+                            .arg(wall_clock_millis());
+                    }
+                    _ => {
+                        let queue_keys = queue.map_or(0, <[String]>::len);
+                        cmd.arg(keys.len() + queue_keys).arg(keys);
+                        if let Some(queue) = queue {
+                            cmd.arg(queue);
+                        }
+                        cmd.arg(token).arg(mode).arg(keys.len());
+                    }
                 }
                 cmd
             };

@@ -11,7 +11,7 @@
 //! the key only to the waiter at the head of the queue, and the release script turns to exactly
 //! that waiter, on `<key>:released:<waiter>`: a contended lock's release hands the key over on
 //! that node to the token the waiter registered when it joined, and publishes the token, so
-//! that the waiter asks only the other nodes ([`RELEASE`](crate::scripts::RELEASE)); an
+//! that the waiter asks only the other nodes ([`RELEASE_CONTENDED`](crate::scripts::RELEASE_CONTENDED)); an
 //! uncontended lock's release, or one that finds the waiter's lease run out, only wakes it.
 //! Waiters thus take the lock in arrival order, and a release wakes one process instead of all
 //! of them (every woken waiter would otherwise send a SET that all but one lose). The queue only
@@ -82,7 +82,7 @@ struct Listeners {
     /// A linger timer is running for it: one per idle channel, not one per watch.
     timed: bool,
     /// The last non-empty message on it: on a waiter's turn channel, the token a release handed
-    /// the key over to ([`RELEASE`](crate::scripts::RELEASE)).
+    /// the key over to ([`RELEASE_CONTENDED`](crate::scripts::RELEASE_CONTENDED)).
     payload: Option<String>,
 }
 

@@ -41,30 +41,18 @@ impl Lua {
 /// that expired and was taken by someone else is never released by us. Returns how many keys it
 /// deleted.
 ///
-/// KEYS: the lock keys, then optionally the three keys of the first one's [`wait_queue`] and
-/// its [`waiting_flag`] (hand over to the head of the queue; the release of a lock taken
-/// uncontended is [`RELEASE_UNCONTENDED`]). ARGV: the token, the announcement mode, the number
-/// of lock keys, and with the queue's keys the caller's wall clock in ms (for nodes whose
-/// scripts see no clock, as in [`FAIR_ACQUIRE`]). When it deleted something, mode "1" (a held
-/// lock's release) announces it on `<key>:released` for waiters that listen to every release
-/// ([`notify`](crate::notify)), and mode "1" or "2" (the cleanup of a failed attempt, which must
-/// not wake the broadcast listeners: its own waiter among them) turns to the waiter at the head
-/// of the queue. If that waiter registered a token ([`FAIR_ACQUIRE`]) and
-/// its lease is still running, the key is **handed over** to it here: set to its token with its
-/// ttl, the waiter taken out of the queue, and the token published on `<key>:released:<waiter>`
-/// with the number of the waiter's last ask this node saw (the waiter counts its validity from when
-/// it sent that ask), so that the waiter holds this node's vote without asking for it. Otherwise
-/// the waiter is woken there with an empty message and asks as usual. The hand-over sets the key
-/// with `PSETEX` (`SET PX` by another name), which nothing else here calls: `cmdstat_psetex` in
-/// `INFO commandstats` counts the hand-overs a node made. A release (mode "1") that finds nobody
-/// in the queue deletes the key's [`waiting_flag`]: whoever set it heard this release and flags
-/// the key again if refused again.
+/// KEYS: the lock keys (a multi-key lock's: a single key's release is [`RELEASE_ONE`],
+/// [`RELEASE_UNCONTENDED`] or [`RELEASE_CONTENDED`]). ARGV: the token, the announcement mode, the
+/// number of lock keys. When it deleted a key, mode "1" (a held lock's release, on the first
+/// key's sequencer node) announces it on `<key>:released` for waiters that listen to every
+/// release ([`notify`](crate::notify)); mode "2" (the cleanup of a failed attempt, which must not
+/// wake its own waiter) and mode "0" (every other node) announce nothing.
 pub(crate) static RELEASE: LazyLock<Lua> = LazyLock::new(|| Lua::new(RELEASE_LUA));
 
 /// The body of [`RELEASE`]. Releases behind a SET whose reply never came are sent with `EVAL`
-/// and the body (of this script or of [`RELEASE_ONE`]). That release may also never be answered in time, and EVALSHA's
-/// NOSCRIPT fallback only happens when the client reads the reply; a node that resumes with an
-/// empty script cache would then drop the release and keep the orphan key.
+/// and the body (of whichever release script applies). That release may also never be answered
+/// in time, and EVALSHA's NOSCRIPT fallback only happens when the client reads the reply; a node
+/// that resumes with an empty script cache would then drop the release and keep the orphan key.
 pub(crate) const RELEASE_LUA: &str = r#"local n = tonumber(ARGV[3])
 local deleted = 0
 for i = 1, n do
@@ -75,37 +63,88 @@ for i = 1, n do
         end
     end
 end
-if deleted > 0 and ARGV[2] ~= "0" and KEYS[n + 1] then
-    local head = redis.call("LINDEX", KEYS[n + 1], 0)
-    if head then
-        local heir = KEYS[n + 3] and redis.call("HGET", KEYS[n + 3], head)
-        local lease = heir and tonumber(redis.call("HGET", KEYS[n + 2], head))
-        if lease then
-            local t = redis.call("TIME")
-            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-            if now == 0 then
-                now = tonumber(ARGV[4])
-            end
-            local ttl, token, ask = string.match(heir, "^(%d+) (%S+) (%d+)$")
-            if lease > now and token then
-                redis.call("PSETEX", KEYS[1], ttl, token)
-                redis.call("LPOP", KEYS[n + 1])
-                redis.call("HDEL", KEYS[n + 2], head)
-                redis.call("HDEL", KEYS[n + 3], head)
-                redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, token .. " " .. ask)
-                return deleted
-            end
+return deleted"#;
+
+/// The release of a single-key lock taken through its wait queue (a contended key), on its
+/// sequencer node: compare, then turn to the waiter at the head of the queue, once waiters whose
+/// lease ran out are dropped from it (they crashed or stalled: one would be handed a key it never
+/// releases). If that waiter registered a token ([`FAIR_ACQUIRE`]), the key is **handed over**
+/// to it here: our token is replaced by the waiter's with the waiter's ttl, the waiter
+/// taken out of the queue, and the token published on `<key>:released:<waiter>` with the number
+/// of the waiter's last ask this node saw (the waiter counts its validity from when it sent that
+/// ask), so that the waiter holds this node's vote without asking for it. The key is never free
+/// in between, so nobody else is told of this release: a waiter listening to every release
+/// could not take the key. Otherwise the key is deleted, mode "1" (a held lock's release)
+/// announces it on `<key>:released`, and the head (if any) is woken with an empty message and
+/// asks as usual; a mode "1" release that finds nobody in the queue deletes the key's
+/// [`waiting_flag`]. Mode "2" (the cleanup of a failed attempt) tells no broadcast listener.
+///
+/// The hand-over sets the key with `PSETEX` (`SET PX` by another name), which nothing else here
+/// calls: `cmdstat_psetex` in `INFO commandstats` counts the hand-overs a node made. Returns 1
+/// when our token was there (deleted or replaced).
+///
+/// KEYS: the lock key, the three keys of its [`wait_queue`], its [`waiting_flag`]. ARGV: the
+/// token, the mode, the caller's wall clock in ms (for nodes whose scripts see no clock, as in
+/// [`FAIR_ACQUIRE`]).
+pub(crate) static RELEASE_CONTENDED: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+local now = nil
+local function clock()
+    if not now then
+        local t = redis.call("TIME")
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        if now == 0 then
+            now = tonumber(ARGV[3])
         end
-        redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
-    elseif ARGV[2] == "1" and KEYS[n + 4] then
-        redis.call("DEL", KEYS[n + 4])
+    end
+    return now
+end
+local head = ARGV[2] ~= "0" and redis.call("LINDEX", KEYS[2], 0)
+while head do
+    local lease = tonumber(redis.call("HGET", KEYS[3], head))
+    if lease and lease > clock() then
+        break
+    end
+    -- Gone (its lease ran out): it would be handed a key it never releases.
+    redis.call("LPOP", KEYS[2])
+    redis.call("HDEL", KEYS[3], head)
+    redis.call("HDEL", KEYS[4], head)
+    head = redis.call("LINDEX", KEYS[2], 0)
+end
+if head then
+    local heir = redis.call("HGET", KEYS[4], head)
+    local ttl, token, ask = nil, nil, nil
+    if heir then
+        ttl, token, ask = string.match(heir, "^(%d+) (%S+) (%d+)$")
+    end
+    if token then
+        redis.call("PSETEX", KEYS[1], ttl, token)
+        redis.call("LPOP", KEYS[2])
+        redis.call("HDEL", KEYS[3], head)
+        redis.call("HDEL", KEYS[4], head)
+        redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, token .. " " .. ask)
+        return 1
     end
 end
-return deleted"#;
+redis.call("DEL", KEYS[1])
+if ARGV[2] == "1" then
+    redis.call("PUBLISH", KEYS[1] .. ":released", "")
+end
+if head then
+    redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
+elseif ARGV[2] == "1" then
+    redis.call("DEL", KEYS[5])
+end
+return 1"#,
+    )
+});
 
 /// The release of a lock taken uncontended, on its key's sequencer node: compare-and-delete,
 /// then, only while someone waits (the key's wait queue or its [`waiting_flag`] exists), the
-/// wake-ups of [`RELEASE`] without the hand-over: mode "1" announces the release to every
+/// wake-ups of [`RELEASE_CONTENDED`] without the hand-over: mode "1" announces the release to every
 /// listener to `<key>:released` (and deletes the flag: whoever set it hears this and flags the
 /// key again if refused again) and wakes the head of the queue; mode "2" wakes the head only.
 /// With nobody waiting it costs the node about what [`RELEASE_ONE`] does plus the lookup of two
@@ -148,7 +187,7 @@ return 0"#,
 
 /// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order, a
 /// hash of their leases (server time in ms), a hash of the tokens they registered for a
-/// hand-over (`<ttl ms> <token> <ask number>`, see [`RELEASE`]). In Redis Cluster or Dragonfly
+/// hand-over (`<ttl ms> <token> <ask number>`, see [`RELEASE_CONTENDED`]). In Redis Cluster or Dragonfly
 /// cluster mode, put a hash tag in the resource name (`{orders:42}`) so they land in the lock key's
 /// slot.
 pub(crate) fn wait_queue(lock_key: &str) -> [String; 3] {
@@ -172,18 +211,21 @@ pub(crate) fn wait_queue_list(lock_key: &str) -> String {
 /// ([`RELEASE_UNCONTENDED`]) and wakes nobody while neither exists, which spares the node the
 /// wake-ups' calls on nearly every release. A release that announces itself to every listener
 /// deletes the flag (those it woke set it again if refused again): an uncontended lock's always,
-/// a contended lock's ([`RELEASE`]) when nobody is left in the queue (until then the queue keeps
+/// a contended lock's ([`RELEASE_CONTENDED`]) when nobody is left in the queue (until then the queue keeps
 /// the releases announcing). A flag left behind by a waiter that went away only costs the next
 /// release those calls, and never touches a lock.
 pub(crate) fn waiting_flag(lock_key: &str) -> String {
     format!("{lock_key}:queue:waiting")
 }
 
-/// A queued waiter's acquisition on the sequencer node: `SET NX PX` only when the queue is empty
-/// or this waiter is at its head (waiters whose lease ran out are dropped from the head first,
-/// and the waiter the turn passes to is woken if the lock is free).
+/// A queued waiter's acquisition on the sequencer node: `SET NX PX` only when the key is free and
+/// the queue is empty or this waiter is at its head (waiters whose lease ran out are dropped
+/// from the head first, and the waiter the turn passes to is woken). While the key is held the
+/// queue is left as it is: the release drops those waiters ([`RELEASE_CONTENDED`]), and a new
+/// waiter's place is the length of the line it joins (no search of the list). Every ask reads
+/// the key once, for both questions: is it free, and was it handed to us.
 /// On success the waiter leaves the queue and the script returns 0. If the key already holds
-/// the waiter's registered token, ARGV[7] (a release handed it over, see [`RELEASE`], and the
+/// the waiter's registered token, ARGV[7] (a release handed it over, see [`RELEASE_CONTENDED`], and the
 /// waiter has not heard), it returns -2 and changes nothing: the waiter holds this node's vote
 /// for that token. Otherwise, with ARGV[5] = "1", the waiter joins the queue (or renews its
 /// lease, and registers ARGV[7] with the ttl and the number of this ask, ARGV[8], for a
@@ -213,35 +255,42 @@ local function clock()
     end
     return now
 end
-local head = redis.call("LINDEX", KEYS[2], 0)
+local current = redis.call("GET", KEYS[1])
+local head = nil
 local dropped = false
-while head and head ~= me do
-    local lease = tonumber(redis.call("HGET", KEYS[3], head))
-    if lease and lease > clock() then
-        break
-    end
-    redis.call("LPOP", KEYS[2])
-    redis.call("HDEL", KEYS[3], head)
-    redis.call("HDEL", KEYS[4], head)
-    dropped = true
+if not current then
+    -- Free: waiters whose lease ran out are dropped from the head, then the head (or anyone,
+    -- with nobody in line) takes it.
     head = redis.call("LINDEX", KEYS[2], 0)
-end
-if (not head or head == me) and redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
-    if head then
+    while head and head ~= me do
+        local lease = tonumber(redis.call("HGET", KEYS[3], head))
+        if lease and lease > clock() then
+            break
+        end
         redis.call("LPOP", KEYS[2])
-        redis.call("HDEL", KEYS[3], me)
-        redis.call("HDEL", KEYS[4], me)
+        redis.call("HDEL", KEYS[3], head)
+        redis.call("HDEL", KEYS[4], head)
+        dropped = true
+        head = redis.call("LINDEX", KEYS[2], 0)
     end
-    return 0
-end
-if ARGV[7] ~= "" and redis.call("GET", KEYS[1]) == ARGV[7] then
+    if (not head or head == me) and redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+        if head then
+            redis.call("LPOP", KEYS[2])
+            redis.call("HDEL", KEYS[3], me)
+            redis.call("HDEL", KEYS[4], me)
+        end
+        return 0
+    end
+elseif ARGV[7] ~= "" and current == ARGV[7] then
     return -2
 end
 if ARGV[5] ~= "1" then
     return -1
 end
+local place = nil
 if redis.call("HSET", KEYS[3], me, clock() + tonumber(ARGV[4])) == 1 then
-    redis.call("RPUSH", KEYS[2], me)
+    -- A new waiter goes last: its place is the length of the line.
+    place = redis.call("RPUSH", KEYS[2], me)
 end
 if ARGV[7] ~= "" then
     redis.call("HSET", KEYS[4], me, ARGV[2] .. " " .. ARGV[7] .. " " .. ARGV[8])
@@ -249,12 +298,14 @@ if ARGV[7] ~= "" then
 end
 redis.call("PEXPIRE", KEYS[2], 2 * tonumber(ARGV[4]))
 redis.call("PEXPIRE", KEYS[3], 2 * tonumber(ARGV[4]))
-if dropped and head and head ~= me and redis.call("EXISTS", KEYS[1]) == 0 then
+if dropped and head and head ~= me then
     -- Free, and the turn passed from a waiter that is gone to one that may not know it.
     redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
 end
-local place = redis.call("LPOS", KEYS[2], me)
-return (place or 0) + 1"#,
+if not place then
+    place = (redis.call("LPOS", KEYS[2], me) or 0) + 1
+end
+return place"#,
     )
 });
 

@@ -503,6 +503,46 @@ async fn a_release_hands_the_key_over_to_the_waiter_in_turn_on_its_sequencer_nod
     assert!(release.released >= 2, "{release:?}");
 }
 
+/// A waiter that died at the head of the line (an entry whose lease already ran out, with a
+/// registered token) is skipped by the release of a contended lock: the key goes to the live
+/// waiter behind it at once, not to a token nobody uses, and the dead entry leaves the queue.
+/// Without the release's check the key would stay handed to the dead waiter for its ttl (or,
+/// woken instead, the live waiter would sleep through its 5 s pause).
+#[tokio::test]
+async fn a_release_skips_a_dead_waiter_and_hands_over_to_the_next() {
+    let nodes = cluster(3);
+    let key = "redlock:skipped";
+    let seq = &nodes[sequencer(key, 3) as usize];
+    let held = taken_in_turn(&nodes, "skipped").await;
+    // Dead since 1970: first in line, with a token a hand-over would set.
+    seq.query(&["RPUSH", &format!("{key}:queue"), "ghost"])
+        .unwrap();
+    seq.query(&["HSET", &format!("{key}:queue:leases"), "ghost", "1"])
+        .unwrap();
+    seq.query(&[
+        "HSET",
+        &format!("{key}:queue:heirs"),
+        "ghost",
+        "30000 ghost-token 0",
+    ])
+    .unwrap();
+    let waiting = wait_for(patient(&nodes), "skipped", LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 2).await);
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_secs(3),
+        "handed over past the dead waiter",
+    )
+    .await;
+    assert_eq!(queued(&nodes, key), 0, "the dead entry left the queue");
+    assert_eq!(
+        command_calls(seq, "psetex"),
+        1,
+        "one hand-over, not to the ghost"
+    );
+}
+
 /// A waiter that did not hear its hand-over (its pub/sub connection dropped) finds it the next
 /// time it asks the sequencer node, after its 300 ms pause, and takes the lock then. Without
 /// that, the key would stay handed to a token nobody uses until its 10 s ttl ran out.
