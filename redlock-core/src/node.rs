@@ -489,7 +489,7 @@ impl Node {
         let queue = scripts::wait_queue(key);
         let reply: Result<i64, _> = self
             .eval(&link, &scripts::FAIR_ACQUIRE, true, self.timeout, |cmd| {
-                cmd.arg(4)
+                cmd.arg(3)
                     .arg(key)
                     .arg(&queue[..])
                     .arg(token)
@@ -527,7 +527,7 @@ impl Node {
         let queue = scripts::wait_queue(key);
         let _: i64 = self
             .eval(&link, &scripts::LEAVE_QUEUE, true, self.timeout, |cmd| {
-                cmd.arg(4)
+                cmd.arg(3)
                     .arg(key)
                     .arg(&queue[..])
                     .arg(waiter)
@@ -575,11 +575,11 @@ impl Node {
             // the plain compare-and-delete, which costs the node less than the general script; an
             // uncontended lock's sequencer node (its wait queue's list and waiting flag given) the
             // one that wakes waiters only when there are some.
-            // A contended lock's sequencer node (all four queue keys given) the one that hands
-            // the key over to the head of the queue.
+            // A contended lock's sequencer node (the queue's two keys and the flag given) the one
+            // that hands the key over to the head of the queue.
             let plain = matches!((keys, wake, queue), ([_], Wake::Nobody, None));
             let uncontended = matches!((keys, queue), ([_], Some([_, _])));
-            let contended = matches!((keys, queue), ([_], Some([_, _, _, _])));
+            let contended = matches!((keys, queue), ([_], Some([_, _, _])));
             let script = if plain {
                 &*scripts::RELEASE_ONE
             } else if uncontended {
@@ -600,7 +600,7 @@ impl Node {
                     }
                     Some(queue) if contended => {
                         // The caller's clock: for the lease check where scripts see none.
-                        cmd.arg(5)
+                        cmd.arg(4)
                             .arg(keys)
                             .arg(queue)
                             .arg(token)

@@ -79,11 +79,14 @@ return deleted"#;
 /// asks as usual; a mode "1" release that finds nobody in the queue deletes the key's
 /// [`waiting_flag`]. Mode "2" (the cleanup of a failed attempt) tells no broadcast listener.
 ///
+/// The head is taken off the list first (`LPOP`) and put back only in the rare case that it
+/// is alive but registered no token: the common hand-over is seven calls.
+///
 /// The hand-over sets the key with `PSETEX` (`SET PX` by another name), which nothing else here
 /// calls: `cmdstat_psetex` in `INFO commandstats` counts the hand-overs a node made. Returns 1
 /// when our token was there (deleted or replaced).
 ///
-/// KEYS: the lock key, the three keys of its [`wait_queue`], its [`waiting_flag`]. ARGV: the
+/// KEYS: the lock key, the two keys of its [`wait_queue`], its [`waiting_flag`]. ARGV: the
 /// token, the mode, the caller's wall clock in ms (for nodes whose scripts see no clock, as in
 /// [`FAIR_ACQUIRE`]).
 pub(crate) static RELEASE_CONTENDED: LazyLock<Lua> = LazyLock::new(|| {
@@ -102,32 +105,28 @@ local function clock()
     end
     return now
 end
-local head = ARGV[2] ~= "0" and redis.call("LINDEX", KEYS[2], 0)
+local head = ARGV[2] ~= "0" and redis.call("LPOP", KEYS[2])
 while head do
-    local lease = tonumber(redis.call("HGET", KEYS[3], head))
+    local entry = redis.call("HGET", KEYS[3], head)
+    local lease, ttl, token, ask = nil, nil, nil, nil
+    if entry then
+        lease, ttl, token, ask = string.match(entry, "^(%d+) (%d+) (%S+) (%d+)$")
+        lease = tonumber(lease or entry)
+    end
     if lease and lease > clock() then
+        if token then
+            redis.call("PSETEX", KEYS[1], ttl, token)
+            redis.call("HDEL", KEYS[3], head)
+            redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, token .. " " .. ask)
+            return 1
+        end
+        -- Alive, but nothing to hand over to: back at the head, and woken below.
+        redis.call("LPUSH", KEYS[2], head)
         break
     end
     -- Gone (its lease ran out): it would be handed a key it never releases.
-    redis.call("LPOP", KEYS[2])
     redis.call("HDEL", KEYS[3], head)
-    redis.call("HDEL", KEYS[4], head)
-    head = redis.call("LINDEX", KEYS[2], 0)
-end
-if head then
-    local heir = redis.call("HGET", KEYS[4], head)
-    local ttl, token, ask = nil, nil, nil
-    if heir then
-        ttl, token, ask = string.match(heir, "^(%d+) (%S+) (%d+)$")
-    end
-    if token then
-        redis.call("PSETEX", KEYS[1], ttl, token)
-        redis.call("LPOP", KEYS[2])
-        redis.call("HDEL", KEYS[3], head)
-        redis.call("HDEL", KEYS[4], head)
-        redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, token .. " " .. ask)
-        return 1
-    end
+    head = redis.call("LPOP", KEYS[2])
 end
 redis.call("DEL", KEYS[1])
 if ARGV[2] == "1" then
@@ -136,7 +135,7 @@ end
 if head then
     redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
 elseif ARGV[2] == "1" then
-    redis.call("DEL", KEYS[5])
+    redis.call("DEL", KEYS[4])
 end
 return 1"#,
     )
@@ -185,22 +184,28 @@ return 0"#,
     )
 });
 
-/// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order, a
-/// hash of their leases (server time in ms), a hash of the tokens they registered for a
-/// hand-over (`<ttl ms> <token> <ask number>`, see [`RELEASE_CONTENDED`]). In Redis Cluster or Dragonfly
-/// cluster mode, put a hash tag in the resource name (`{orders:42}`) so they land in the lock key's
-/// slot.
-pub(crate) fn wait_queue(lock_key: &str) -> [String; 3] {
+/// The wait queue of a lock key on its sequencer node: a list of waiter ids in arrival order,
+/// `<key>:line`, and a hash of their entries, `<key>:line:entries`: each waiter's lease (server
+/// time in ms), followed, when it registered a token for a hand-over, by `<ttl ms> <token> <ask
+/// number>` (see [`RELEASE_CONTENDED`]). One hash rather than one per field spares every ask and
+/// every hand-over a call. In Redis Cluster or Dragonfly cluster mode, put a hash tag in the
+/// resource name (`{orders:42}`) so they land in the lock key's slot.
+///
+/// The names differ from those of versions that kept leases and tokens in two hashes
+/// (`<key>:queue`, `:queue:leases`, `:queue:heirs`): during a rolling upgrade each version keeps
+/// its own line and neither drops the other's waiters as dead. Both still take the lock only by
+/// a quorum of `SET NX`; waiters of the other version are woken by their own releases or their
+/// retry pause.
+pub(crate) fn wait_queue(lock_key: &str) -> [String; 2] {
     [
         wait_queue_list(lock_key),
-        format!("{lock_key}:queue:leases"),
-        format!("{lock_key}:queue:heirs"),
+        format!("{lock_key}:line:entries"),
     ]
 }
 
 /// The list of [`wait_queue`]: all an uncontended lock's release needs of it.
 pub(crate) fn wait_queue_list(lock_key: &str) -> String {
-    format!("{lock_key}:queue")
+    format!("{lock_key}:line")
 }
 
 /// A string key on the sequencer node that says someone waits for the lock key without standing
@@ -238,8 +243,8 @@ pub(crate) fn waiting_flag(lock_key: &str) -> String {
 /// clocks disagree by more than a lease may then drop a live waiter, who joins again at the end
 /// of the line: fairness suffers, never safety.
 ///
-/// KEYS: lock, queue list, lease hash, registration hash. ARGV: token, ttl ms, waiter id, lease
-/// ms, join, the caller's wall clock in ms, the registered token (or ""), the ask's number.
+/// KEYS: lock, queue list, entry hash. ARGV: token, ttl ms, waiter id, lease ms, join, the
+/// caller's wall clock in ms, the registered token (or ""), the ask's number.
 pub(crate) static FAIR_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"local me = ARGV[3]
@@ -263,13 +268,13 @@ if not current then
     -- with nobody in line) takes it.
     head = redis.call("LINDEX", KEYS[2], 0)
     while head and head ~= me do
-        local lease = tonumber(redis.call("HGET", KEYS[3], head))
+        local entry = redis.call("HGET", KEYS[3], head)
+        local lease = entry and tonumber(string.match(entry, "^%d+"))
         if lease and lease > clock() then
             break
         end
         redis.call("LPOP", KEYS[2])
         redis.call("HDEL", KEYS[3], head)
-        redis.call("HDEL", KEYS[4], head)
         dropped = true
         head = redis.call("LINDEX", KEYS[2], 0)
     end
@@ -277,7 +282,6 @@ if not current then
         if head then
             redis.call("LPOP", KEYS[2])
             redis.call("HDEL", KEYS[3], me)
-            redis.call("HDEL", KEYS[4], me)
         end
         return 0
     end
@@ -287,14 +291,14 @@ end
 if ARGV[5] ~= "1" then
     return -1
 end
+local entry = string.format("%d", clock() + tonumber(ARGV[4]))
+if ARGV[7] ~= "" then
+    entry = entry .. " " .. ARGV[2] .. " " .. ARGV[7] .. " " .. ARGV[8]
+end
 local place = nil
-if redis.call("HSET", KEYS[3], me, clock() + tonumber(ARGV[4])) == 1 then
+if redis.call("HSET", KEYS[3], me, entry) == 1 then
     -- A new waiter goes last: its place is the length of the line.
     place = redis.call("RPUSH", KEYS[2], me)
-end
-if ARGV[7] ~= "" then
-    redis.call("HSET", KEYS[4], me, ARGV[2] .. " " .. ARGV[7] .. " " .. ARGV[8])
-    redis.call("PEXPIRE", KEYS[4], 2 * tonumber(ARGV[4]))
 end
 redis.call("PEXPIRE", KEYS[2], 2 * tonumber(ARGV[4]))
 redis.call("PEXPIRE", KEYS[3], 2 * tonumber(ARGV[4]))
@@ -311,13 +315,12 @@ return place"#,
 
 /// A waiter that stops waiting leaves the queue, and frees the key if a release handed it over
 /// to the token it registered (ARGV[2], or "") and it never took it; if the lock is then free,
-/// the new head is woken. KEYS: lock, queue list, lease hash, registration hash. ARGV: waiter
-/// id, registered token.
+/// the new head is woken. KEYS: lock, queue list, entry hash. ARGV: waiter id, registered
+/// token.
 pub(crate) static LEAVE_QUEUE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"redis.call("LREM", KEYS[2], 0, ARGV[1])
 redis.call("HDEL", KEYS[3], ARGV[1])
-redis.call("HDEL", KEYS[4], ARGV[1])
 if ARGV[2] ~= "" and redis.call("GET", KEYS[1]) == ARGV[2] then
     redis.call("DEL", KEYS[1])
 end

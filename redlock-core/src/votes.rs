@@ -765,23 +765,20 @@ impl NodeRelease {
         link: Option<&Link>,
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, NodeErrorKind>> {
-        // The sequencer node's wait queue: its three keys and the waiting flag to hand the key
+        // The sequencer node's wait queue: its two keys and the waiting flag to hand the key
         // over, or the list and the flag to wake whoever waits (see `scripts`).
-        let queue: Option<([String; 4], usize)> = match (self.queued, self.hand_over) {
+        let queue: Option<([String; 3], usize)> = match (self.queued, self.hand_over) {
             (false, _) => None,
             (true, true) => {
-                let [list, leases, heirs] = scripts::wait_queue(&self.keys[0]);
-                Some((
-                    [list, leases, heirs, scripts::waiting_flag(&self.keys[0])],
-                    4,
-                ))
+                let [list, entries] = scripts::wait_queue(&self.keys[0]);
+                Some(([list, entries, scripts::waiting_flag(&self.keys[0])], 3))
             }
             (true, false) => {
                 let (list, flag) = (
                     scripts::wait_queue_list(&self.keys[0]),
                     scripts::waiting_flag(&self.keys[0]),
                 );
-                Some(([list, flag, String::new(), String::new()], 2))
+                Some(([list, flag, String::new()], 2))
             }
         };
         async move {

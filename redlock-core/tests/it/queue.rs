@@ -20,7 +20,7 @@ fn queued(nodes: &redlock_tests::Cluster, key: &str) -> i64 {
     nodes
         .iter()
         .filter_map(|n| {
-            n.query(&["LLEN", &format!("{key}:queue")])
+            n.query(&["LLEN", &format!("{key}:line")])
                 .ok()
                 .and_then(|r| r.as_int())
         })
@@ -140,9 +140,9 @@ async fn a_dead_waiter_loses_its_place_when_its_lease_runs_out() {
         let secs: u128 = parts[0].as_str().unwrap().parse().unwrap();
         let micros: u128 = parts[1].as_str().unwrap().parse().unwrap();
         let until = (secs * 1000 + micros / 1000 + lease.as_millis()).to_string();
-        node.query(&["RPUSH", "redlock:ghost:queue", "ghost"])
+        node.query(&["RPUSH", "redlock:ghost:line", "ghost"])
             .unwrap();
-        node.query(&["HSET", "redlock:ghost:queue:leases", "ghost", &until])
+        node.query(&["HSET", "redlock:ghost:line:entries", "ghost", &until])
             .unwrap();
     }
     let waiter = redlock_with(&nodes, |b| {
@@ -286,7 +286,7 @@ async fn a_release_wakes_only_the_waiter_in_turn() {
     lock.release().await.unwrap();
 }
 
-/// The wait queue's three keys expire two leases after the last ask (README, operational
+/// The wait queue's two keys expire two leases after the last ask (README, operational
 /// contract), so a queue whose waiters all vanished leaves nothing behind for longer. A waiter
 /// with a 5 s pause has a 20 s lease: right after it joined, both keys have 30 to 40 s to live.
 #[tokio::test]
@@ -307,11 +307,7 @@ async fn the_queue_keys_expire_two_leases_after_the_last_ask() {
     .await;
     assert!(joined, "the waiter joined the queue");
     let node = &nodes[sequencer("redlock:expiring", 3) as usize];
-    for key in [
-        "redlock:expiring:queue",
-        "redlock:expiring:queue:leases",
-        "redlock:expiring:queue:heirs",
-    ] {
+    for key in ["redlock:expiring:line", "redlock:expiring:line:entries"] {
         let pttl = node
             .query(&["PTTL", key])
             .ok()
@@ -515,15 +511,13 @@ async fn a_release_skips_a_dead_waiter_and_hands_over_to_the_next() {
     let seq = &nodes[sequencer(key, 3) as usize];
     let held = taken_in_turn(&nodes, "skipped").await;
     // Dead since 1970: first in line, with a token a hand-over would set.
-    seq.query(&["RPUSH", &format!("{key}:queue"), "ghost"])
-        .unwrap();
-    seq.query(&["HSET", &format!("{key}:queue:leases"), "ghost", "1"])
+    seq.query(&["RPUSH", &format!("{key}:line"), "ghost"])
         .unwrap();
     seq.query(&[
         "HSET",
-        &format!("{key}:queue:heirs"),
+        &format!("{key}:line:entries"),
         "ghost",
-        "30000 ghost-token 0",
+        "1 30000 ghost-token 0",
     ])
     .unwrap();
     let waiting = wait_for(patient(&nodes), "skipped", LockOptions::new());
@@ -541,6 +535,39 @@ async fn a_release_skips_a_dead_waiter_and_hands_over_to_the_next() {
         1,
         "one hand-over, not to the ghost"
     );
+}
+
+/// A live waiter at the head of the line that registered no token for a hand-over (an entry
+/// with a lease only) is not handed the key: the release frees it and leaves that waiter first
+/// in line, to be woken and ask for itself.
+#[tokio::test]
+async fn a_release_frees_the_key_for_a_head_with_no_token() {
+    let nodes = cluster(3);
+    let key = "redlock:tokenless";
+    let seq = &nodes[sequencer(key, 3) as usize];
+    let held = taken_in_turn(&nodes, "tokenless").await;
+    seq.query(&["RPUSH", &format!("{key}:line"), "tokenless"])
+        .unwrap();
+    seq.query(&[
+        "HSET",
+        &format!("{key}:line:entries"),
+        "tokenless",
+        "99999999999999",
+    ])
+    .unwrap();
+    let handed_before = command_calls(seq, "psetex");
+    held.release().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || seq.get(key).unwrap().is_none()).await,
+        "freed on the sequencer node"
+    );
+    assert_eq!(
+        command_calls(seq, "psetex"),
+        handed_before,
+        "nothing handed over"
+    );
+    let head = seq.query(&["LINDEX", &format!("{key}:line"), "0"]).unwrap();
+    assert_eq!(head.as_str(), Some("tokenless"), "still first in line");
 }
 
 /// A waiter that did not hear its hand-over (its pub/sub connection dropped) finds it the next
