@@ -161,6 +161,19 @@ pub(crate) enum Wake {
     Everyone,
 }
 
+/// What a single-key release on the key's sequencer node does with its wait queue: the queue's
+/// two keys and the waiting flag ([`wait_queue`](scripts::wait_queue),
+/// [`waiting_flag`](scripts::waiting_flag)), and whether to hand the key over.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum QueueRelease<'a> {
+    /// A lock taken uncontended: wake the head of the queue, if anyone waits
+    /// ([`RELEASE_UNCONTENDED`](scripts::RELEASE_UNCONTENDED)).
+    Wake(&'a [String]),
+    /// A lock taken through the queue: hand the key over to the head
+    /// ([`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)).
+    HandOver(&'a [String]),
+}
+
 /// What one node said to `SET key token NX PX ttl`.
 #[derive(Debug)]
 pub(crate) enum Vote {
@@ -562,7 +575,7 @@ impl Node {
         keys: &[String],
         token: &str,
         wake: Wake,
-        queue: Option<&[String]>,
+        queue: Option<QueueRelease<'_>>,
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, NodeErrorKind>> {
         async move {
@@ -578,29 +591,21 @@ impl Node {
             // A contended lock's sequencer node (the queue's two keys and the flag given) the one
             // that hands the key over to the head of the queue.
             let plain = matches!((keys, wake, queue), ([_], Wake::Nobody, None));
-            let uncontended = matches!((keys, queue), ([_], Some([_, _])));
-            let contended = matches!((keys, queue), ([_], Some([_, _, _])));
-            let script = if plain {
-                &*scripts::RELEASE_ONE
-            } else if uncontended {
-                &*scripts::RELEASE_UNCONTENDED
-            } else if contended {
-                &*scripts::RELEASE_CONTENDED
-            } else {
-                &*scripts::RELEASE
+            let script = match (keys, queue) {
+                _ if plain => &*scripts::RELEASE_ONE,
+                ([_], Some(QueueRelease::Wake(_))) => &*scripts::RELEASE_UNCONTENDED,
+                ([_], Some(QueueRelease::HandOver(_))) => &*scripts::RELEASE_CONTENDED,
+                _ => &*scripts::RELEASE,
             };
             let command = |by_hash: bool| {
                 let mut cmd = script.command(by_hash);
-                match queue {
+                match (keys, queue) {
                     _ if plain => {
                         cmd.arg(1).arg(keys).arg(token);
                     }
-                    Some(queue) if uncontended => {
-                        cmd.arg(3).arg(keys).arg(queue).arg(token).arg(mode);
-                    }
-                    Some(queue) if contended => {
-                        // The caller's clock: for the lease check where scripts see none.
-                        cmd.arg(4)
+                    ([_], Some(QueueRelease::Wake(queue) | QueueRelease::HandOver(queue))) => {
+                        // The caller's clock: for the lease checks where scripts see none.
+                        cmd.arg(1 + queue.len())
                             .arg(keys)
                             .arg(queue)
                             .arg(token)
@@ -608,12 +613,11 @@ impl Node {
                             .arg(wall_clock_millis());
                     }
                     _ => {
-                        let queue_keys = queue.map_or(0, <[String]>::len);
-                        cmd.arg(keys.len() + queue_keys).arg(keys);
-                        if let Some(queue) = queue {
-                            cmd.arg(queue);
-                        }
-                        cmd.arg(token).arg(mode).arg(keys.len());
+                        cmd.arg(keys.len())
+                            .arg(keys)
+                            .arg(token)
+                            .arg(mode)
+                            .arg(keys.len());
                     }
                 }
                 cmd

@@ -143,27 +143,47 @@ return 1"#,
 
 /// The release of a lock taken uncontended, on its key's sequencer node: compare-and-delete,
 /// then, only while someone waits (the key's wait queue or its [`waiting_flag`] exists), the
-/// wake-ups of [`RELEASE_CONTENDED`] without the hand-over: mode "1" announces the release to every
-/// listener to `<key>:released` (and deletes the flag: whoever set it hears this and flags the
-/// key again if refused again) and wakes the head of the queue; mode "2" wakes the head only.
-/// With nobody waiting it costs the node about what [`RELEASE_ONE`] does plus the lookup of two
-/// keys. A waiter is in the queue, or has flagged the key, from the moment the node refused it,
-/// in the same script, so a release that runs after a refusal always finds it. Returns 1 when it
-/// deleted the key.
+/// wake-ups of [`RELEASE_CONTENDED`] without the hand-over: mode "1" announces the release to
+/// every listener to `<key>:released` (and deletes the flag: whoever set it hears this and flags
+/// the key again if refused again) and wakes the head of the queue, once waiters whose lease
+/// ran out are dropped from it (a dead head would take the wake-up with it, and the live waiter
+/// behind it would sleep through its pause); mode "2" wakes the head only. With nobody waiting it
+/// costs the node about what [`RELEASE_ONE`] does plus the lookup of two keys. A waiter is in the
+/// queue, or has flagged the key, from the moment the node refused it, in the same script, so a
+/// release that runs after a refusal always finds it. Returns 1 when it deleted the key.
 ///
-/// KEYS: the lock key, its wait queue's list, its waiting flag. ARGV: the token, the mode.
+/// KEYS: the lock key, the two keys of its [`wait_queue`], its waiting flag. ARGV: the token, the
+/// mode, the caller's wall clock in ms (for nodes whose scripts see no clock).
 pub(crate) static RELEASE_UNCONTENDED: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
     return 0
 end
 redis.call("DEL", KEYS[1])
-if redis.call("EXISTS", KEYS[2], KEYS[3]) > 0 then
+if redis.call("EXISTS", KEYS[2], KEYS[4]) > 0 then
     if ARGV[2] == "1" then
         redis.call("PUBLISH", KEYS[1] .. ":released", "")
-        redis.call("DEL", KEYS[3])
+        redis.call("DEL", KEYS[4])
     end
+    local now = nil
     local head = redis.call("LINDEX", KEYS[2], 0)
+    while head do
+        local entry = redis.call("HGET", KEYS[3], head)
+        local lease = entry and tonumber(string.match(entry, "^%d+"))
+        if lease and not now then
+            local t = redis.call("TIME")
+            now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+            if now == 0 then
+                now = tonumber(ARGV[3])
+            end
+        end
+        if lease and lease > now then
+            break
+        end
+        redis.call("LPOP", KEYS[2])
+        redis.call("HDEL", KEYS[3], head)
+        head = redis.call("LINDEX", KEYS[2], 0)
+    end
     if head then
         redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
     end

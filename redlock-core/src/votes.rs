@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::{
     error::{NodeError, NodeErrorKind},
     finisher::Chore,
-    node::{Ask, Keys, Link, Vote, Wake},
+    node::{Ask, Keys, Link, QueueRelease, Vote, Wake},
     notify::sequencer,
     redlock::Shared,
     scripts,
@@ -765,24 +765,20 @@ impl NodeRelease {
         link: Option<&Link>,
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, NodeErrorKind>> {
-        // The sequencer node's wait queue: its two keys and the waiting flag to hand the key
-        // over, or the list and the flag to wake whoever waits (see `scripts`).
-        let queue: Option<([String; 3], usize)> = match (self.queued, self.hand_over) {
-            (false, _) => None,
-            (true, true) => {
-                let [list, entries] = scripts::wait_queue(&self.keys[0]);
-                Some(([list, entries, scripts::waiting_flag(&self.keys[0])], 3))
-            }
-            (true, false) => {
-                let (list, flag) = (
-                    scripts::wait_queue_list(&self.keys[0]),
-                    scripts::waiting_flag(&self.keys[0]),
-                );
-                Some(([list, flag, String::new()], 2))
-            }
-        };
+        // The sequencer node's wait queue: its two keys and the waiting flag (see `scripts`).
+        let queue: Option<[String; 3]> = self.queued.then(|| {
+            let [list, entries] = scripts::wait_queue(&self.keys[0]);
+            [list, entries, scripts::waiting_flag(&self.keys[0])]
+        });
+        let hand_over = self.hand_over;
         async move {
-            let queue = queue.as_ref().map(|(names, len)| &names[..*len]);
+            let queue = queue.as_ref().map(|keys| {
+                if hand_over {
+                    QueueRelease::HandOver(&keys[..])
+                } else {
+                    QueueRelease::Wake(&keys[..])
+                }
+            });
             self.shared.nodes[self.index]
                 .release(link, &self.keys, &self.value, self.wake, queue, timeout)
                 .await

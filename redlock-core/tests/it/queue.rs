@@ -537,6 +537,32 @@ async fn a_release_skips_a_dead_waiter_and_hands_over_to_the_next() {
     );
 }
 
+/// The release of a lock taken uncontended wakes the live waiter behind a dead one at the head
+/// of the line: the dead entry (lease run out) leaves the queue, and the live waiter, woken, is
+/// served long before its 5 s pause. Without the release's check the wake-up would go to the
+/// dead waiter.
+#[tokio::test]
+async fn an_uncontended_release_wakes_the_live_waiter_behind_a_dead_one() {
+    let nodes = cluster(3);
+    let key = "redlock:behind";
+    let seq = &nodes[sequencer(key, 3) as usize];
+    let held = redlock(&nodes).lock("behind").await.unwrap();
+    seq.query(&["RPUSH", &format!("{key}:line"), "ghost"])
+        .unwrap();
+    seq.query(&["HSET", &format!("{key}:line:entries"), "ghost", "1"])
+        .unwrap();
+    let waiting = wait_for(patient(&nodes), "behind", LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 2).await);
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_secs(3),
+        "woken past the dead waiter",
+    )
+    .await;
+    assert_eq!(queued(&nodes, key), 0, "the dead entry left the queue");
+}
+
 /// A live waiter at the head of the line that registered no token for a hand-over (an entry
 /// with a lease only) is not handed the key: the release frees it and leaves that waiter first
 /// in line, to be woken and ask for itself.
