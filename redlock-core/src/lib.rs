@@ -103,8 +103,12 @@
 //! `queue::a_waiter_in_line_longer_than_its_ttl_still_takes_the_hand_over`); a waiter that missed
 //! the message takes the key at its next ask, and one that gives up frees it
 //! (`queue::a_waiter_that_missed_its_hand_over_takes_it_when_it_asks_again`,
-//! `queue::a_waiter_cancelled_after_its_hand_over_frees_the_key`). The queue only orders who asks
-//! first: a lock still needs a quorum of `SET NX`. The retry pause is only a fallback bound.
+//! `queue::a_waiter_cancelled_after_its_hand_over_frees_the_key`). A waiter that died in line is
+//! passed over once its lease runs out: a release neither hands it the key nor spends its wake-up
+//! on it (`queue::a_release_skips_a_dead_waiter_and_hands_over_to_the_next`,
+//! `queue::an_uncontended_release_wakes_the_live_waiter_behind_a_dead_one`,
+//! `queue::a_dead_waiter_loses_its_place_when_its_lease_runs_out`). The queue only orders who
+//! asks first: a lock still needs a quorum of `SET NX`. The retry pause is only a fallback bound.
 //! Auto-extended locks are renewed in batches of up to 100 per node and script call.
 //!
 //! # Fencing
