@@ -20,6 +20,9 @@ async fn lock_through(
     blocked: &[usize],
 ) -> u64 {
     let key = format!("redlock:{resource}");
+    // Connections dialled first: a SET whose connection is still being dialled when the vote is
+    // decided goes out later, and could land on a blocked node after its blocker is gone.
+    redlock.connect().await.unwrap();
     for &i in blocked {
         nodes[i].set(&key, "blocker").unwrap();
     }
