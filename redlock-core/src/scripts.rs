@@ -9,6 +9,27 @@ use std::sync::LazyLock;
 
 use bb8_redis::redis::{Cmd, Script};
 
+/// The Lua `clock()` the queue's scripts share: the node's time in ms (`TIME`, read once per
+/// call and only if needed), or, where a script sees no clock (Dragonfly answers `TIME` with
+/// zeros inside scripts), the caller's wall clock from `ARGV[caller_clock]`, which the script
+/// declares first. A macro, so that each script stays one `&'static str` built by `concat!`.
+macro_rules! node_clock_lua {
+    () => {
+        r#"local now = nil
+local function clock()
+    if not now then
+        local t = redis.call("TIME")
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        if now == 0 then
+            now = tonumber(ARGV[caller_clock])
+        end
+    end
+    return now
+end
+"#
+    };
+}
+
 /// A Lua script: its body and the SHA1 `EVALSHA` names it by.
 pub(crate) struct Lua {
     pub(crate) body: &'static str,
@@ -90,22 +111,14 @@ return deleted"#;
 /// token, the mode, the caller's wall clock in ms (for nodes whose scripts see no clock, as in
 /// [`FAIR_ACQUIRE`]).
 pub(crate) static RELEASE_CONTENDED: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
+    Lua::new(concat!(
         r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
     return 0
 end
-local now = nil
-local function clock()
-    if not now then
-        local t = redis.call("TIME")
-        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        if now == 0 then
-            now = tonumber(ARGV[3])
-        end
-    end
-    return now
-end
-local head = ARGV[2] ~= "0" and redis.call("LPOP", KEYS[2])
+local caller_clock = 3
+"#,
+        node_clock_lua!(),
+        r#"local head = ARGV[2] ~= "0" and redis.call("LPOP", KEYS[2])
 while head do
     local entry = redis.call("HGET", KEYS[3], head)
     local lease, ttl, token, ask = nil, nil, nil, nil
@@ -137,8 +150,8 @@ if head then
 elseif ARGV[2] == "1" then
     redis.call("DEL", KEYS[4])
 end
-return 1"#,
-    )
+return 1"#
+    ))
 });
 
 /// The release of a lock taken uncontended, on its key's sequencer node: compare-and-delete,
@@ -155,29 +168,24 @@ return 1"#,
 /// KEYS: the lock key, the two keys of its [`wait_queue`], its waiting flag. ARGV: the token, the
 /// mode, the caller's wall clock in ms (for nodes whose scripts see no clock).
 pub(crate) static RELEASE_UNCONTENDED: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
+    Lua::new(concat!(
         r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
     return 0
 end
 redis.call("DEL", KEYS[1])
-if redis.call("EXISTS", KEYS[2], KEYS[4]) > 0 then
+local caller_clock = 3
+"#,
+        node_clock_lua!(),
+        r#"if redis.call("EXISTS", KEYS[2], KEYS[4]) > 0 then
     if ARGV[2] == "1" then
         redis.call("PUBLISH", KEYS[1] .. ":released", "")
         redis.call("DEL", KEYS[4])
     end
-    local now = nil
     local head = redis.call("LINDEX", KEYS[2], 0)
     while head do
         local entry = redis.call("HGET", KEYS[3], head)
         local lease = entry and tonumber(string.match(entry, "^%d+"))
-        if lease and not now then
-            local t = redis.call("TIME")
-            now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-            if now == 0 then
-                now = tonumber(ARGV[3])
-            end
-        end
-        if lease and lease > now then
+        if lease and lease > clock() then
             break
         end
         redis.call("LPOP", KEYS[2])
@@ -188,8 +196,8 @@ if redis.call("EXISTS", KEYS[2], KEYS[4]) > 0 then
         redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
     end
 end
-return 1"#,
-    )
+return 1"#
+    ))
 });
 
 /// Compare-and-delete of one key that wakes nobody: [`RELEASE`] without its loop and
@@ -266,21 +274,12 @@ pub(crate) fn waiting_flag(lock_key: &str) -> String {
 /// KEYS: lock, queue list, entry hash. ARGV: token, ttl ms, waiter id, lease ms, join, the
 /// caller's wall clock in ms, the registered token (or ""), the ask's number.
 pub(crate) static FAIR_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
+    Lua::new(concat!(
         r#"local me = ARGV[3]
-local now = nil
-local function clock()
-    if not now then
-        local t = redis.call("TIME")
-        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        if now == 0 then
-            -- Dragonfly answers TIME with zeros inside scripts: use the caller's clock.
-            now = tonumber(ARGV[6])
-        end
-    end
-    return now
-end
-local current = redis.call("GET", KEYS[1])
+local caller_clock = 6
+"#,
+        node_clock_lua!(),
+        r#"local current = redis.call("GET", KEYS[1])
 local head = nil
 local dropped = false
 if not current then
@@ -329,8 +328,8 @@ end
 if not place then
     place = (redis.call("LPOS", KEYS[2], me) or 0) + 1
 end
-return place"#,
-    )
+return place"#
+    ))
 });
 
 /// A waiter that stops waiting leaves the queue, and frees the key if a release handed it over

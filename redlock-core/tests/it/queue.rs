@@ -499,6 +499,38 @@ async fn a_release_hands_the_key_over_to_the_waiter_in_turn_on_its_sequencer_nod
     assert!(release.released >= 2, "{release:?}");
 }
 
+/// Puts `waiter` at the end of `key`'s line on its sequencer node `seq`, with `entry` (its lease
+/// in ms of node time, then optionally `<ttl> <token> <ask>`) as a client's join would.
+fn stand_in_line(seq: &redlock_tests::RedisNode, key: &str, waiter: &str, entry: &str) {
+    seq.query(&["RPUSH", &format!("{key}:line"), waiter])
+        .unwrap();
+    seq.query(&["HSET", &format!("{key}:line:entries"), waiter, entry])
+        .unwrap();
+}
+
+/// With `held` holding `resource`, a dead waiter (`entry`, a lease that ran out) first in line
+/// and a live one behind it: the release must serve the live waiter within 3 s (its pause is
+/// 5 s), and the dead entry must have left the queue.
+async fn served_past_a_dead_waiter(
+    nodes: &redlock_tests::Cluster,
+    resource: &str,
+    held: redlock_core::Lock,
+    entry: &str,
+) {
+    let key = format!("redlock:{resource}");
+    stand_in_line(&nodes[sequencer(&key, 3) as usize], &key, "ghost", entry);
+    let waiting = wait_for(patient(nodes), resource, LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || queued(nodes, &key) == 2).await);
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_secs(3),
+        "served past the dead waiter",
+    )
+    .await;
+    assert_eq!(queued(nodes, &key), 0, "the dead entry left the queue");
+}
+
 /// A waiter that died at the head of the line (an entry whose lease already ran out, with a
 /// registered token) is skipped by the release of a contended lock: the key goes to the live
 /// waiter behind it at once, not to a token nobody uses, and the dead entry leaves the queue.
@@ -511,25 +543,7 @@ async fn a_release_skips_a_dead_waiter_and_hands_over_to_the_next() {
     let seq = &nodes[sequencer(key, 3) as usize];
     let held = taken_in_turn(&nodes, "skipped").await;
     // Dead since 1970: first in line, with a token a hand-over would set.
-    seq.query(&["RPUSH", &format!("{key}:line"), "ghost"])
-        .unwrap();
-    seq.query(&[
-        "HSET",
-        &format!("{key}:line:entries"),
-        "ghost",
-        "1 30000 ghost-token 0",
-    ])
-    .unwrap();
-    let waiting = wait_for(patient(&nodes), "skipped", LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 2).await);
-    release_then_served(
-        held,
-        waiting,
-        Duration::from_secs(3),
-        "handed over past the dead waiter",
-    )
-    .await;
-    assert_eq!(queued(&nodes, key), 0, "the dead entry left the queue");
+    served_past_a_dead_waiter(&nodes, "skipped", held, "1 30000 ghost-token 0").await;
     assert_eq!(
         command_calls(seq, "psetex"),
         1,
@@ -544,23 +558,8 @@ async fn a_release_skips_a_dead_waiter_and_hands_over_to_the_next() {
 #[tokio::test]
 async fn an_uncontended_release_wakes_the_live_waiter_behind_a_dead_one() {
     let nodes = cluster(3);
-    let key = "redlock:behind";
-    let seq = &nodes[sequencer(key, 3) as usize];
     let held = redlock(&nodes).lock("behind").await.unwrap();
-    seq.query(&["RPUSH", &format!("{key}:line"), "ghost"])
-        .unwrap();
-    seq.query(&["HSET", &format!("{key}:line:entries"), "ghost", "1"])
-        .unwrap();
-    let waiting = wait_for(patient(&nodes), "behind", LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 2).await);
-    release_then_served(
-        held,
-        waiting,
-        Duration::from_secs(3),
-        "woken past the dead waiter",
-    )
-    .await;
-    assert_eq!(queued(&nodes, key), 0, "the dead entry left the queue");
+    served_past_a_dead_waiter(&nodes, "behind", held, "1").await;
 }
 
 /// A live waiter at the head of the line that registered no token for a hand-over (an entry
@@ -572,15 +571,7 @@ async fn a_release_frees_the_key_for_a_head_with_no_token() {
     let key = "redlock:tokenless";
     let seq = &nodes[sequencer(key, 3) as usize];
     let held = taken_in_turn(&nodes, "tokenless").await;
-    seq.query(&["RPUSH", &format!("{key}:line"), "tokenless"])
-        .unwrap();
-    seq.query(&[
-        "HSET",
-        &format!("{key}:line:entries"),
-        "tokenless",
-        "99999999999999",
-    ])
-    .unwrap();
+    stand_in_line(seq, key, "tokenless", "99999999999999");
     let handed_before = command_calls(seq, "psetex");
     held.release().await.unwrap();
     assert!(
