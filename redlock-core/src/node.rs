@@ -133,9 +133,10 @@ pub(crate) struct Fair {
     pub(crate) join: bool,
     /// How long our place is kept without a renewal.
     pub(crate) lease: Duration,
-    /// The token registered for a hand-over (see [`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)) and the number
-    /// of this ask: a release that finds us at the head of the queue sets the key to the token
-    /// and tells us the number of the last ask it saw. `None` registers nothing.
+    /// The token registered for a hand-over (see
+    /// [`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)) and the number of this ask: a release
+    /// that finds us at the head of the queue sets the key to the token and tells us the number
+    /// of the last ask it saw. `None` registers nothing.
     pub(crate) heir: Option<(Arc<str>, u64)>,
 }
 
@@ -149,7 +150,8 @@ pub(crate) enum Ask {
     Flagged(Duration),
 }
 
-/// Whom a release wakes on a node (the release scripts' mode, see [`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)).
+/// Whom a release wakes on a node (the release scripts' mode, see
+/// [`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Wake {
     /// Nobody: a node that is not the key's sequencer (waiters listen on the sequencer only).
@@ -586,10 +588,9 @@ impl Node {
             };
             // One key that wakes nobody (the common case: every node but a lock's sequencer) takes
             // the plain compare-and-delete, which costs the node less than the general script; an
-            // uncontended lock's sequencer node (its wait queue's list and waiting flag given) the
-            // one that wakes waiters only when there are some.
-            // A contended lock's sequencer node (the queue's two keys and the flag given) the one
-            // that hands the key over to the head of the queue.
+            // uncontended lock's sequencer node the one that wakes waiters only when there are
+            // some, and a contended lock's the one that hands the key over to the head of the
+            // queue (both given the queue's two keys and the waiting flag).
             let plain = matches!((keys, wake, queue), ([_], Wake::Nobody, None));
             let script = match (keys, queue) {
                 _ if plain => &*scripts::RELEASE_ONE,

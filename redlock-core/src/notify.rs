@@ -11,8 +11,9 @@
 //! the key only to the waiter at the head of the queue, and the release script turns to exactly
 //! that waiter, on `<key>:released:<waiter>`: a contended lock's release hands the key over on
 //! that node to the token the waiter registered when it joined, and publishes the token, so
-//! that the waiter asks only the other nodes ([`RELEASE_CONTENDED`](crate::scripts::RELEASE_CONTENDED)); an
-//! uncontended lock's release, or one that finds the waiter's lease run out, only wakes it.
+//! that the waiter asks only the other nodes
+//! ([`RELEASE_CONTENDED`](crate::scripts::RELEASE_CONTENDED)); an uncontended lock's release
+//! only wakes it, and a release passes over waiters whose lease ran out.
 //! Waiters thus take the lock in arrival order, and a release wakes one process instead of all
 //! of them (every woken waiter would otherwise send a SET that all but one lose). The queue only
 //! decides who *asks* first: a lock is still granted only by a quorum of `SET NX` (the sequencer

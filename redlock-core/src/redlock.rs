@@ -98,9 +98,9 @@ impl Drop for QueueSpot {
     }
 }
 
-/// The token a queued waiter registers for a hand-over (see `scripts::RELEASE_CONTENDED`), drawn afresh
-/// for each hand-over: a release that finds us at the head of the queue sets the key to it on
-/// the sequencer node. A hand-over's validity counts from a moment before the node set the key:
+/// The token a queued waiter registers for a hand-over (see `scripts::RELEASE_CONTENDED`),
+/// drawn afresh for each hand-over: a release that finds us at the head of the queue sets the
+/// key to it on the sequencer node. A hand-over's validity counts from a moment before the node set the key:
 /// the notice names the last ask the node had seen (sent before the hand-over), and an ask
 /// answered with a place in the queue proves the key was not handed over when it ran.
 struct Heir {
@@ -493,7 +493,8 @@ impl Redlock {
             heir: None,
         });
         // The token a release may hand the key over to while we wait in the queue (see
-        // `scripts::RELEASE_CONTENDED`), used for one hand-over at most, and when we first registered it.
+        // `scripts::RELEASE_CONTENDED`), used for one hand-over at most, and when we first
+        // registered it.
         let mut heir = Heir::fresh();
         let mut spot: Option<QueueSpot> = None;
         // Set when a message said our turn came (or the lock was released).
@@ -806,9 +807,9 @@ impl Redlock {
     }
 
     /// A waiter's attempt once a release handed the key over to its registered token `value`
-    /// on the sequencer node (see `scripts::RELEASE_CONTENDED`): that node's vote is in hand, the token
-    /// goes to every other node, and the validity counts from `t1`, a moment before the
-    /// sequencer node set the key.
+    /// on the sequencer node (see `scripts::RELEASE_CONTENDED`): that node's vote is in hand,
+    /// the token goes to every other node, and the validity counts from `t1`, a moment before
+    /// the sequencer node set the key.
     async fn attempt_handed(
         &self,
         target: &Target,

@@ -244,9 +244,9 @@ pub(crate) fn wait_queue_list(lock_key: &str) -> String {
 /// ([`RELEASE_UNCONTENDED`]) and wakes nobody while neither exists, which spares the node the
 /// wake-ups' calls on nearly every release. A release that announces itself to every listener
 /// deletes the flag (those it woke set it again if refused again): an uncontended lock's always,
-/// a contended lock's ([`RELEASE_CONTENDED`]) when nobody is left in the queue (until then the queue keeps
-/// the releases announcing). A flag left behind by a waiter that went away only costs the next
-/// release those calls, and never touches a lock.
+/// a contended lock's ([`RELEASE_CONTENDED`]) when nobody is left in the queue (until then the
+/// flag stays: a hand-over leaves the key held and tells nobody else). A flag left behind by a
+/// waiter that went away only costs the next release those calls, and never touches a lock.
 pub(crate) fn waiting_flag(lock_key: &str) -> String {
     format!("{lock_key}:queue:waiting")
 }
@@ -258,11 +258,11 @@ pub(crate) fn waiting_flag(lock_key: &str) -> String {
 /// waiter's place is the length of the line it joins (no search of the list). Every ask reads
 /// the key once, for both questions: is it free, and was it handed to us.
 /// On success the waiter leaves the queue and the script returns 0. If the key already holds
-/// the waiter's registered token, ARGV[7] (a release handed it over, see [`RELEASE_CONTENDED`], and the
-/// waiter has not heard), it returns -2 and changes nothing: the waiter holds this node's vote
-/// for that token. Otherwise, with ARGV[5] = "1", the waiter joins the queue (or renews its
-/// lease, and registers ARGV[7] with the ttl and the number of this ask, ARGV[8], for a
-/// hand-over when it is not empty) and the script returns its 1-based place; with "0" it
+/// the waiter's registered token, ARGV[7] (a release handed it over, see [`RELEASE_CONTENDED`],
+/// and the waiter has not heard), it returns -2 and changes nothing: the waiter holds this
+/// node's vote for that token. Otherwise, with ARGV[5] = "1", the waiter joins the queue (or
+/// renews its lease, and registers ARGV[7] with the ttl and the number of this ask, ARGV[8],
+/// for a hand-over when it is not empty) and the script returns its 1-based place; with "0" it
 /// returns -1 and leaves no trace (a `try_lock`). A place returned thus also says that the key
 /// was not handed over to ARGV[7] when this ask ran.
 ///

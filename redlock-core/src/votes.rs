@@ -167,10 +167,10 @@ impl Votes {
     }
 
     /// The votes of a waiter to whom a release handed the key over on its sequencer node
-    /// ([`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)): `value` is the token it registered, which that node
-    /// already holds for it (the node's notice, or its [`Vote::Handed`], said so, and only the
-    /// waiter itself or the key's expiry removes it from there). The SETs of `value` to every
-    /// other node go out when the votes are first polled.
+    /// ([`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)): `value` is the token it registered,
+    /// which that node already holds for it (the node's notice, or its [`Vote::Handed`], said
+    /// so, and only the waiter itself or the key's expiry removes it from there). The SETs of
+    /// `value` to every other node go out when the votes are first polled.
     pub(crate) fn handed_over(
         shared: &Arc<Shared>,
         keys: &Keys,
