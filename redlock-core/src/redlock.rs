@@ -17,7 +17,7 @@ use crate::{
     fencing::FencingToken,
     finisher::Finisher,
     load::Load,
-    local::LocalQueues,
+    local::{LocalQueues, Turn},
     lock::Lock,
     node::{Ask, Fair, Keys, Node},
     notify::{Notifier, sequencer},
@@ -100,9 +100,9 @@ impl Drop for QueueSpot {
 
 /// The token a queued waiter registers for a hand-over (see `scripts::RELEASE_CONTENDED`),
 /// drawn afresh for each hand-over: a release that finds us at the head of the queue sets the
-/// key to it on the sequencer node. A hand-over's validity counts from a moment before the node set the key:
-/// the notice names the last ask the node had seen (sent before the hand-over), and an ask
-/// answered with a place in the queue proves the key was not handed over when it ran.
+/// key to it on the sequencer node. A hand-over's validity counts from a moment before the node
+/// set the key: the notice names the last ask the node had seen (sent before the hand-over), and
+/// an ask answered with a place in the queue proves the key was not handed over when it ran.
 struct Heir {
     /// Drawn at the first ask that carries it: an uncontended `lock` never draws one.
     token: Option<Arc<str>>,
@@ -460,11 +460,53 @@ impl Redlock {
     #[instrument(name = "redlock.lock", level = "debug", skip_all, fields(key = %resources.first().map(String::as_str).unwrap_or("")))]
     async fn lock_resources(&self, resources: Vec<String>, options: LockOptions) -> Result<Lock> {
         let _entered = self.shared.load.enter();
-        let retry = options.retry.unwrap_or(self.shared.settings.retry);
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
         let target = self.target(resources, ttl, fenced)?;
         let started = Instant::now();
+        // Nearly every lock: no task of this process wants it and no other process was seen
+        // contending for it moments ago, so the first attempt asks every node at once, as the
+        // waiting loop's first round would. Only a lock that must wait carries that loop's
+        // state, boxed: it is most of this future, and an uncontended lock never touches it.
+        let mut first = None;
+        if !self.shared.notifier.is_watched(&target.keys[0])
+            && let Some(turn) = self.shared.local.try_turn(&target.queue)
+        {
+            let outcome = self
+                .attempt(
+                    &target,
+                    ttl,
+                    fenced,
+                    Approach::Parallel,
+                    None,
+                    &mut Refused::default(),
+                )
+                .await;
+            match outcome {
+                Ok(lock) => {
+                    lock.hold_turn(turn);
+                    return Ok(lock);
+                }
+                Err(error) => first = Some((turn, error)),
+            }
+        }
+        Box::pin(self.lock_waiting(target, options, ttl, fenced, started, first)).await
+    }
+
+    /// The rest of `lock_resources` for a lock that is contended (or failed its first attempt,
+    /// `first`, made holding the local turn): queues behind the other tasks of this process,
+    /// then asks again with the retry policy's pauses, in the key's wait queue and woken by
+    /// releases when another process holds it.
+    async fn lock_waiting(
+        &self,
+        target: Target,
+        options: LockOptions,
+        ttl: Duration,
+        fenced: bool,
+        started: Instant,
+        first: Option<(Turn, Error)>,
+    ) -> Result<Lock> {
+        let retry = options.retry.unwrap_or(self.shared.settings.retry);
         // With `wait`, time bounds everything; otherwise the attempt count bounds the retries
         // and the longest the pauses could add up to bounds the wait in the local queue.
         let (attempts, until) = match options.wait {
@@ -476,11 +518,17 @@ impl Redlock {
         let timed = options.wait.is_some();
         // Queue behind the other tasks of this process that want the same lock: only the head
         // of the line talks to the nodes, and a local release wakes the next one at once.
-        let Some(turn) = self.shared.local.turn(&target.queue, until).await else {
-            return Err(Error::Contended {
-                key: target.name,
-                attempts: 0,
-            });
+        let (turn, mut first) = match first {
+            Some((turn, error)) => (turn, Some(error)),
+            None => match self.shared.local.turn(&target.queue, until).await {
+                Some(turn) => (turn, None),
+                None => {
+                    return Err(Error::Contended {
+                        key: target.name,
+                        attempts: 0,
+                    });
+                }
+            },
         };
         let mut attempt = 1;
         let mut watch = None;
@@ -503,61 +551,69 @@ impl Redlock {
         // before it did.
         let mut take_over: Option<Instant> = None;
         loop {
-            // Once the lock is known to be contended by other processes (now, or moments ago),
-            // attempts go to one node first: see `Votes::send_first`.
-            let sequenced = watch.is_some() || self.shared.notifier.is_watched(&target.keys[0]);
-            let approach = match (sequenced, in_turn && fair.is_some()) {
-                (false, _) => Approach::Parallel,
-                (true, false) => Approach::Sequenced,
-                (true, true) => Approach::InTurn,
-            };
-            in_turn = false;
             let mut refused = Refused::default();
-            // Refused, our ask leaves a trace that the next release looks for before it wakes
-            // anyone: our place in the wait queue, or a waiting flag that lives as long as the
-            // queue's keys would (see `scripts::waiting_flag`).
-            let mut ask = sequenced.then(|| match &fair {
-                Some(fair) => Ask::Fair(fair.clone()),
-                None => Ask::Flagged(queue_lease(&retry).saturating_mul(2)),
-            });
-            let mut asked = None;
-            if let Some(Ask::Fair(ask)) = ask.as_mut()
-                && take_over.is_none()
-            {
-                // We may join the queue with a token to be handed the key: from now on, giving
-                // up (or being cancelled) must leave the queue and free the key if a release
-                // handed it to that token, even before the reply that says we joined.
-                let (token, number) = heir.register();
-                let spot = spot.get_or_insert_with(|| QueueSpot {
-                    shared: self.shared.clone(),
-                    key: target.keys[0].clone(),
-                    node: sequencer(&target.keys[0], self.shared.nodes.len()),
-                    heir: None,
-                    armed: true,
-                });
-                spot.heir = Some(token.clone());
-                ask.heir = Some((token, number));
-                asked = Some(number);
-            }
-            let handed = take_over
-                .take()
-                .and_then(|at| heir.registered().map(|token| (token.clone(), at)));
-            let outcome = if let Some((token, handed_at)) = handed {
-                let outcome = self.attempt_handed(&target, ttl, token, handed_at).await;
-                // Won or lost, the registered token served its one hand-over.
-                heir = Heir::fresh();
-                if let Some(spot) = spot.as_mut() {
-                    spot.heir = None;
+            let outcome = match first.take() {
+                // The first round, already asked (see `lock_resources`): every node at once.
+                Some(error) => Err(error),
+                None => {
+                    // Once the lock is known to be contended by other processes (now, or moments
+                    // ago), attempts go to one node first: see `Votes::send_first`.
+                    let sequenced =
+                        watch.is_some() || self.shared.notifier.is_watched(&target.keys[0]);
+                    let approach = match (sequenced, in_turn && fair.is_some()) {
+                        (false, _) => Approach::Parallel,
+                        (true, false) => Approach::Sequenced,
+                        (true, true) => Approach::InTurn,
+                    };
+                    in_turn = false;
+                    // Refused, our ask leaves a trace that the next release looks for before it
+                    // wakes anyone: our place in the wait queue, or a waiting flag that lives as
+                    // long as the queue's keys would (see `scripts::waiting_flag`).
+                    let mut ask = sequenced.then(|| match &fair {
+                        Some(fair) => Ask::Fair(fair.clone()),
+                        None => Ask::Flagged(queue_lease(&retry).saturating_mul(2)),
+                    });
+                    let mut asked = None;
+                    if let Some(Ask::Fair(ask)) = ask.as_mut()
+                        && take_over.is_none()
+                    {
+                        // We may join the queue with a token to be handed the key: from now on,
+                        // giving up (or being cancelled) must leave the queue and free the key if a
+                        // release handed it to that token, even before the reply that says we
+                        // joined.
+                        let (token, number) = heir.register();
+                        let spot = spot.get_or_insert_with(|| QueueSpot {
+                            shared: self.shared.clone(),
+                            key: target.keys[0].clone(),
+                            node: sequencer(&target.keys[0], self.shared.nodes.len()),
+                            heir: None,
+                            armed: true,
+                        });
+                        spot.heir = Some(token.clone());
+                        ask.heir = Some((token, number));
+                        asked = Some(number);
+                    }
+                    let handed = take_over
+                        .take()
+                        .and_then(|at| heir.registered().map(|token| (token.clone(), at)));
+                    if let Some((token, handed_at)) = handed {
+                        let outcome = self.attempt_handed(&target, ttl, token, handed_at).await;
+                        // Won or lost, the registered token served its one hand-over.
+                        heir = Heir::fresh();
+                        if let Some(spot) = spot.as_mut() {
+                            spot.heir = None;
+                        }
+                        outcome
+                    } else {
+                        let outcome = self
+                            .attempt(&target, ttl, fenced, approach, ask, &mut refused)
+                            .await;
+                        if let (Some(number), Some(_)) = (asked, refused.queued) {
+                            heir.queued(number);
+                        }
+                        outcome
+                    }
                 }
-                outcome
-            } else {
-                let outcome = self
-                    .attempt(&target, ttl, fenced, approach, ask, &mut refused)
-                    .await;
-                if let (Some(number), Some(_)) = (asked, refused.queued) {
-                    heir.queued(number);
-                }
-                outcome
             };
             match outcome {
                 Ok(lock) => {
