@@ -30,6 +30,32 @@ end
     };
 }
 
+/// The Lua `live_head(me)` of the scripts that look at the head of the line (KEYS[2], entries in
+/// KEYS[3]) without taking it: drops waiters whose lease ran out from the head, stopping at `me`
+/// (an ask never drops its own waiter; `nil` for a release), and returns the head then and
+/// whether it dropped any. Needs [`node_clock_lua`]'s `clock()` before it.
+macro_rules! live_head_lua {
+    () => {
+        r#"local function live_head(me)
+    local head = redis.call("LINDEX", KEYS[2], 0)
+    local dropped = false
+    while head and head ~= me do
+        local entry = redis.call("HGET", KEYS[3], head)
+        local lease = entry and tonumber(string.match(entry, "^%d+"))
+        if lease and lease > clock() then
+            break
+        end
+        redis.call("LPOP", KEYS[2])
+        redis.call("HDEL", KEYS[3], head)
+        dropped = true
+        head = redis.call("LINDEX", KEYS[2], 0)
+    end
+    return head, dropped
+end
+"#
+    };
+}
+
 /// A Lua script: its body and the SHA1 `EVALSHA` names it by.
 pub(crate) struct Lua {
     pub(crate) body: &'static str,
@@ -176,22 +202,13 @@ redis.call("DEL", KEYS[1])
 local caller_clock = 3
 "#,
         node_clock_lua!(),
+        live_head_lua!(),
         r#"if redis.call("EXISTS", KEYS[2], KEYS[4]) > 0 then
     if ARGV[2] == "1" then
         redis.call("PUBLISH", KEYS[1] .. ":released", "")
         redis.call("DEL", KEYS[4])
     end
-    local head = redis.call("LINDEX", KEYS[2], 0)
-    while head do
-        local entry = redis.call("HGET", KEYS[3], head)
-        local lease = entry and tonumber(string.match(entry, "^%d+"))
-        if lease and lease > clock() then
-            break
-        end
-        redis.call("LPOP", KEYS[2])
-        redis.call("HDEL", KEYS[3], head)
-        head = redis.call("LINDEX", KEYS[2], 0)
-    end
+    local head = live_head(nil)
     if head then
         redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
     end
@@ -279,24 +296,14 @@ pub(crate) static FAIR_ACQUIRE: LazyLock<Lua> = LazyLock::new(|| {
 local caller_clock = 6
 "#,
         node_clock_lua!(),
+        live_head_lua!(),
         r#"local current = redis.call("GET", KEYS[1])
 local head = nil
 local dropped = false
 if not current then
     -- Free: waiters whose lease ran out are dropped from the head, then the head (or anyone,
     -- with nobody in line) takes it.
-    head = redis.call("LINDEX", KEYS[2], 0)
-    while head and head ~= me do
-        local entry = redis.call("HGET", KEYS[3], head)
-        local lease = entry and tonumber(string.match(entry, "^%d+"))
-        if lease and lease > clock() then
-            break
-        end
-        redis.call("LPOP", KEYS[2])
-        redis.call("HDEL", KEYS[3], head)
-        dropped = true
-        head = redis.call("LINDEX", KEYS[2], 0)
-    end
+    head, dropped = live_head(me)
     if (not head or head == me) and redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
         if head then
             redis.call("LPOP", KEYS[2])

@@ -117,13 +117,7 @@ async fn a_cancelled_waiter_leaves_the_queue() {
         .await,
         "the cancelled waiter left the queue"
     );
-    release_then_served(
-        held,
-        waiting,
-        Duration::from_secs(3),
-        "woken by the release",
-    )
-    .await;
+    woken_by_the_release(held, waiting).await;
 }
 
 /// A waiter that died in line (here: a queue entry with a 2 s lease that nobody renews) keeps
@@ -430,6 +424,20 @@ async fn release_then_served(
     lock.release().await.unwrap();
 }
 
+/// [`release_then_served`] for a waiter that only a release can serve in time: within 3 s.
+async fn woken_by_the_release(
+    held: redlock_core::Lock,
+    waiting: tokio::task::JoinHandle<Result<redlock_core::Lock, redlock_core::Error>>,
+) {
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_secs(3),
+        "woken by the release",
+    )
+    .await;
+}
+
 /// A client that waits for `resource` up to 20 s in a task of its own.
 fn wait_for(
     waiter: Redlock,
@@ -733,13 +741,7 @@ async fn an_uncontended_lock_wakes_the_next_waiter_without_handing_over() {
     let held = redlock(&nodes).lock("quiet").await.unwrap();
     let waiting = wait_for(patient(&nodes), "quiet", LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
-    release_then_served(
-        held,
-        waiting,
-        Duration::from_secs(3),
-        "woken by the release",
-    )
-    .await;
+    woken_by_the_release(held, waiting).await;
     assert_eq!(command_calls(seq, "psetex"), 0, "no hand-over");
 }
 
@@ -806,13 +808,7 @@ async fn broadcast_waiter_is_woken(
     let waiting = wait();
     let refused = eventually(Duration::from_secs(5), || flagged(nodes, resource)).await;
     assert!(refused, "the refused waiter flagged the key");
-    release_then_served(
-        held,
-        waiting,
-        Duration::from_secs(3),
-        "woken by the release",
-    )
-    .await;
+    woken_by_the_release(held, waiting).await;
 }
 
 /// The waiting flag lives only while someone waits (README, operational contract): a fenced
@@ -856,13 +852,7 @@ async fn the_waiting_flag_is_deleted_by_the_release_that_wakes_its_waiter() {
         .await
     );
     assert!(!flagged(&nodes, "queued"), "the queue says it");
-    release_then_served(
-        held,
-        waiting,
-        Duration::from_secs(3),
-        "woken by the release",
-    )
-    .await;
+    woken_by_the_release(held, waiting).await;
 }
 
 /// Whether `resource`'s waiting flag is set on its sequencer node.
