@@ -11,6 +11,15 @@ fn fenced(nodes: &Cluster) -> Redlock {
     redlock_with(nodes, |b| b.fencing(true).retry(Retry::none()))
 }
 
+/// A fenced client whose scripts are loaded on every node, for [`lock_through`]: on a fresh
+/// node a script's first call takes two trips (`EVALSHA`, `NOSCRIPT`, then `EVAL`), and a SET
+/// that takes two trips can run after the `PING` meant to wait for it.
+async fn fenced_and_warm(nodes: &Cluster) -> Redlock {
+    let redlock = fenced(nodes);
+    lock_through(nodes, &redlock, "warm-up", &[]).await;
+    redlock
+}
+
 /// Locks `resource` through exactly the nodes not in `blocked`, by parking another owner's key
 /// on the blocked ones for the duration of the attempt.
 async fn lock_through(
@@ -20,15 +29,17 @@ async fn lock_through(
     blocked: &[usize],
 ) -> u64 {
     let key = format!("redlock:{resource}");
-    // Connections dialled first: a SET whose connection is still being dialled when the vote is
-    // decided goes out later, and could land on a blocked node after its blocker is gone.
-    redlock.connect().await.unwrap();
     for &i in blocked {
         nodes[i].set(&key, "blocker").unwrap();
     }
     let lock = redlock.lock(resource).await.unwrap();
     let token = lock.fencing_token().expect("fenced").get();
     lock.release().await.unwrap();
+    // The lock was decided at the quorum and released at the quorum, so its SETs to the blocked
+    // nodes may not have run yet; one that runs after its blocker is gone sets our token there
+    // (released behind it, but the next lock could find it first). A PING to every node, on the
+    // connection that carried the SET, answers only after it.
+    redlock.connect().await.unwrap();
     for &i in blocked {
         nodes[i].query(&["DEL", &key]).unwrap();
     }
@@ -46,7 +57,7 @@ async fn fencing_survives_the_naive_incr_counterexample() {
             .set("redlock:acct:fence", &value.to_string())
             .unwrap();
     }
-    let redlock = fenced(&nodes);
+    let redlock = fenced_and_warm(&nodes).await;
     let x = lock_through(&nodes, &redlock, "acct", &[0, 1]).await;
     let y = lock_through(&nodes, &redlock, "acct", &[3, 4]).await;
     assert_eq!(x, 51);
@@ -63,7 +74,7 @@ async fn fencing_tokens_increase_across_fifty_holders_through_different_majoriti
             .set("redlock:ledger:fence", &value.to_string())
             .unwrap();
     }
-    let redlock = fenced(&nodes);
+    let redlock = fenced_and_warm(&nodes).await;
     let minorities: Vec<Vec<usize>> = (0..5)
         .flat_map(|a| ((a + 1)..5).map(move |b| vec![a, b]))
         .collect();
