@@ -190,6 +190,14 @@ pub struct Redlock {
     shared: Arc<Shared>,
 }
 
+impl Redlock {
+    /// What every clone shares, for the crate's unit tests.
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
 /// What every clone of a [`Redlock`] shares.
 pub(crate) struct Shared {
     /// What the client was built from (URLs with credentials: never logged).

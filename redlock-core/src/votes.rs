@@ -384,6 +384,12 @@ impl Votes {
         loop {
             let acquired = self.count(Holds::Yes);
             if let Some(granted) = crate::timing::decide(acquired, self.unanswered(), quorum) {
+                // Every SET still unanswered gets a poll now, and with it its first if it had
+                // none, which is what puts it on its connection: a pass of `next` stops at the
+                // first reply, so a SET polled after it (the sequencer node's, polled last) may
+                // not have gone out when the vote was decided, and would then wait for the
+                // release (found under load: the lock held on two nodes of three for its life).
+                self.drain(shared);
                 return (
                     granted,
                     Tally {
@@ -832,4 +838,42 @@ pub(crate) struct ReleaseTally {
     /// Nodes that answered that our token was not there (expired, or never applied).
     pub(crate) absent: usize,
     pub(crate) failures: Vec<NodeError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A vote decided by the first two replies has still sent the third SET: the sequencer
+    /// node's, polled last in each pass, would otherwise wait for the release. Two nodes answer
+    /// at their first poll here, so the pass that decides stops before reaching it.
+    #[tokio::test]
+    async fn a_vote_decided_at_the_quorum_has_sent_every_set() {
+        let redlock = crate::Redlock::builder()
+            .nodes(["redis://127.0.0.1:1", "redis://127.0.0.1:2", "redis://127.0.0.1:3"])
+            .build()
+            .unwrap();
+        let shared = redlock.shared().clone();
+        let keys: Keys = vec!["redlock:k".to_owned()].into();
+        let value: Arc<str> = "v".into();
+        let mut votes = Votes::unsent(&shared, &keys, &value, Duration::from_secs(10), false);
+        let sent = Arc::new(AtomicBool::new(false));
+        for index in 0..3 {
+            let set: SetFuture = if index == votes.first {
+                let sent = sent.clone();
+                Box::pin(poll_fn(move |_| {
+                    sent.store(true, Ordering::SeqCst);
+                    Poll::Pending
+                }))
+            } else {
+                Box::pin(async { (Vote::Acquired(None), None) })
+            };
+            votes.slots[index] = Slot::Pending { set };
+        }
+        let (granted, tally) = votes.decide(&shared).await;
+        assert!(granted && tally.acquired == 2, "{tally:?}");
+        assert!(sent.load(Ordering::SeqCst), "the sequencer node's SET was never polled");
+    }
 }
