@@ -149,6 +149,7 @@ mod config;
 mod error;
 mod fencing;
 mod finisher;
+mod handover;
 mod load;
 mod local;
 mod lock;

@@ -24,7 +24,9 @@ use tracing::{debug, instrument};
 
 use crate::{
     error::{Error, NodeError, NodeErrorKind, Redacted},
-    fencing, scripts,
+    fencing,
+    handover::Successor,
+    scripts,
     votes::{SetFuture, traced},
 };
 
@@ -172,8 +174,21 @@ pub(crate) enum QueueRelease<'a> {
     /// ([`RELEASE_UNCONTENDED`](scripts::RELEASE_UNCONTENDED)).
     Wake(&'a [String]),
     /// A lock taken through the queue: hand the key over to the head
-    /// ([`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)).
-    HandOver(&'a [String]),
+    /// ([`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)), saying whom the holder named to the
+    /// other nodes.
+    HandOver(&'a [String], Option<&'a Successor>),
+}
+
+/// The release, on a node other than the key's sequencer, of a token registered for a
+/// hand-over ([`RELEASE_HEIR`](scripts::RELEASE_HEIR)).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeirRelease<'a> {
+    /// Our tombstone, then the successor's when one is named.
+    pub(crate) tombstones: &'a [String],
+    /// How long our tombstone lives, in ms.
+    pub(crate) life_ms: u64,
+    /// The waiter to hand the key over to, if any.
+    pub(crate) successor: Option<&'a Successor>,
 }
 
 /// What one node said to `SET key token NX PX ttl`.
@@ -485,6 +500,35 @@ impl Node {
         }
     }
 
+    /// A waiter's SET of the token the sequencer node handed the key over to, on another node
+    /// ([`CLAIM`](scripts::CLAIM)): a key a release already handed to that token here counts as
+    /// set, with a fresh expiry.
+    #[instrument(level = "debug", name = "redlock.claim", skip_all, fields(node = %self.addr))]
+    pub(crate) async fn claim(
+        &self,
+        link: Option<Link>,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> (Vote, Option<Link>) {
+        let link = match self.link_for_set(link).await {
+            Ok(link) => link,
+            Err(vote) => return (vote, None),
+        };
+        let reply: Result<i64, _> = self
+            .eval(&link, &scripts::CLAIM, true, self.timeout, |cmd| {
+                cmd.arg(1).arg(key).arg(token).arg(ttl_millis(ttl));
+            })
+            .await;
+        let vote = match reply {
+            Ok(1) => Vote::Acquired(None),
+            Ok(_) => Vote::Busy,
+            Err(error) => Vote::Failed { error, sent: true },
+        };
+        debug!(node = %self.addr, ?vote, "claim");
+        (vote, Some(link))
+    }
+
     /// A queued waiter's `SET NX PX` on the key's sequencer node
     /// ([`FAIR_ACQUIRE`](scripts::FAIR_ACQUIRE)): granted only in turn. With `fair.join`, a
     /// waiter that is refused takes (or keeps) its place in the queue for `fair.lease`.
@@ -571,6 +615,10 @@ impl Node {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice in its future (see above)"
     )]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one flat future per node of every release"
+    )]
     pub(crate) fn release(
         &self,
         link: Option<&Link>,
@@ -578,6 +626,7 @@ impl Node {
         token: &str,
         wake: Wake,
         queue: Option<QueueRelease<'_>>,
+        heir: Option<HeirRelease<'_>>,
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, NodeErrorKind>> {
         async move {
@@ -591,20 +640,21 @@ impl Node {
             // uncontended lock's sequencer node the one that wakes waiters only when there are
             // some, and a contended lock's the one that hands the key over to the head of the
             // queue (both given the queue's two keys and the waiting flag).
-            let plain = matches!((keys, wake, queue), ([_], Wake::Nobody, None));
-            let script = match (keys, queue) {
+            let plain = matches!((keys, wake, queue, heir), ([_], Wake::Nobody, None, None));
+            let script = match (keys, queue, heir) {
                 _ if plain => &*scripts::RELEASE_ONE,
-                ([_], Some(QueueRelease::Wake(_))) => &*scripts::RELEASE_UNCONTENDED,
-                ([_], Some(QueueRelease::HandOver(_))) => &*scripts::RELEASE_CONTENDED,
+                ([_], Some(QueueRelease::Wake(_)), _) => &*scripts::RELEASE_UNCONTENDED,
+                ([_], Some(QueueRelease::HandOver(..)), _) => &*scripts::RELEASE_CONTENDED,
+                ([_], None, Some(_)) => &*scripts::RELEASE_HEIR,
                 _ => &*scripts::RELEASE,
             };
             let command = |by_hash: bool| {
                 let mut cmd = script.command(by_hash);
-                match (keys, queue) {
+                match (keys, queue, heir) {
                     _ if plain => {
                         cmd.arg(1).arg(keys).arg(token);
                     }
-                    ([_], Some(QueueRelease::Wake(queue) | QueueRelease::HandOver(queue))) => {
+                    ([_], Some(QueueRelease::Wake(queue)), _) => {
                         // The caller's clock: for the lease checks where scripts see none.
                         cmd.arg(1 + queue.len())
                             .arg(keys)
@@ -612,6 +662,34 @@ impl Node {
                             .arg(token)
                             .arg(mode)
                             .arg(wall_clock_millis());
+                    }
+                    ([_], Some(QueueRelease::HandOver(queue, successor)), _) => {
+                        cmd.arg(1 + queue.len())
+                            .arg(keys)
+                            .arg(queue)
+                            .arg(token)
+                            .arg(mode)
+                            .arg(wall_clock_millis())
+                            .arg(successor.map_or("", |s| &*s.waiter))
+                            .arg(successor.map_or("", |s| &*s.token));
+                    }
+                    ([_], None, Some(heir)) => {
+                        let tombstones = if heir.successor.is_some() {
+                            heir.tombstones
+                        } else {
+                            &heir.tombstones[..1]
+                        };
+                        cmd.arg(1 + tombstones.len())
+                            .arg(keys)
+                            .arg(tombstones)
+                            .arg(token)
+                            .arg(heir.life_ms);
+                        if let Some(successor) = heir.successor {
+                            cmd.arg(&*successor.token)
+                                .arg(successor.ttl_ms)
+                                .arg(&*successor.waiter)
+                                .arg(successor.ask);
+                        }
                     }
                     _ => {
                         cmd.arg(keys.len())

@@ -13,7 +13,9 @@
 //! that node to the token the waiter registered when it joined, and publishes the token, so
 //! that the waiter asks only the other nodes
 //! ([`RELEASE_CONTENDED`](crate::scripts::RELEASE_CONTENDED)); an uncontended lock's release
-//! only wakes it, and a release passes over waiters whose lease ran out.
+//! only wakes it, and a release passes over waiters whose lease ran out. A queued waiter listens
+//! on its turn channel on every node: the holder's release can hand the key over to it on each
+//! of them at once, in one trip ([`handover`](crate::handover)).
 //! Waiters thus take the lock in arrival order, and a release wakes one process instead of all
 //! of them (every woken waiter would otherwise send a SET that all but one lose). The queue only
 //! decides who *asks* first: a lock is still granted only by a quorum of `SET NX` (the sequencer
@@ -45,6 +47,8 @@ use bb8_redis::redis::{Client, aio::PubSubSink};
 use futures_util::{StreamExt, future::join_all};
 use tokio::sync::Notify;
 use tracing::debug;
+
+use crate::handover::Notice;
 
 /// The channel a release of `key` is announced on, to every listener.
 pub(crate) fn channel(key: &str) -> String {
@@ -82,9 +86,9 @@ struct Listeners {
     idle_at: Option<tokio::time::Instant>,
     /// A linger timer is running for it: one per idle channel, not one per watch.
     timed: bool,
-    /// The last non-empty message on it: on a waiter's turn channel, the token a release handed
-    /// the key over to ([`RELEASE_CONTENDED`](crate::scripts::RELEASE_CONTENDED)).
-    payload: Option<String>,
+    /// The non-empty messages on it not read yet, with the node each came from: on a waiter's
+    /// turn channel, hand-over notices ([`Notice`]). Only the last of each node is kept.
+    payloads: Vec<(usize, String)>,
 }
 
 /// The subscriptions of one `Redlock`: one pub/sub connection per node, opened on first use.
@@ -105,6 +109,8 @@ impl fmt::Debug for Notifier {
 
 /// The pub/sub connection to one node.
 struct Feed {
+    /// The node's index.
+    node: usize,
     client: Client,
     timeout: Duration,
     /// The open connection's sink and a flag its reader sets when the connection ends. The
@@ -128,7 +134,9 @@ impl Notifier {
         Notifier {
             feeds: clients
                 .into_iter()
-                .map(|client| Feed {
+                .enumerate()
+                .map(|(node, client)| Feed {
+                    node,
                     client,
                     timeout,
                     sink: tokio::sync::Mutex::new(None),
@@ -188,9 +196,18 @@ impl Notifier {
         }
         if !fresh.is_empty() {
             let watched = &self.watched;
-            // One node is enough to hear a release (every node announces it), and one message
-            // per release per waiter keeps a crowd of waiters from waking three times each.
-            if let Some(feed) = self.feeds.get(node).or_else(|| self.feeds.first()) {
+            if in_turn {
+                // Every node may hand the key over to us in one trip (see `handover`).
+                join_all(
+                    self.feeds
+                        .iter()
+                        .map(|feed| feed.subscribe(&fresh, watched)),
+                )
+                .await;
+            } else if let Some(feed) = self.feeds.get(node).or_else(|| self.feeds.first()) {
+                // One node is enough to hear a release (the sequencer announces it), and one
+                // message per release per waiter keeps a crowd of waiters from waking three
+                // times each.
                 feed.subscribe(&fresh, watched).await;
             }
         }
@@ -214,7 +231,7 @@ impl Feed {
                 let pubsub = self.client.get_async_pubsub().await?;
                 let (sink, mut stream) = pubsub.split();
                 let dead = Arc::new(AtomicBool::new(false));
-                let (flag, watched) = (dead.clone(), watched.clone());
+                let (flag, watched, node) = (dead.clone(), watched.clone(), self.node);
                 tokio::spawn(async move {
                     while let Some(msg) = stream.next().await {
                         if let Ok(mut watched) = watched.lock()
@@ -223,7 +240,8 @@ impl Feed {
                             if let Ok(payload) = msg.get_payload::<String>()
                                 && !payload.is_empty()
                             {
-                                listeners.payload = Some(payload);
+                                listeners.payloads.retain(|(n, _)| *n != node);
+                                listeners.payloads.push((node, payload));
                             }
                             // One stored permit each: a wake-up that lands before the waiter
                             // sleeps is not lost, and three nodes announcing one release wake
@@ -269,19 +287,25 @@ impl Watch {
         self.notify.notified().await;
     }
 
-    /// Once, when a release announced on one of this watch's channels that it handed the key
-    /// over to `token`: the number of our last ask that node had seen then.
-    pub(crate) fn handed_to(&self, token: &str) -> Option<u64> {
+    /// The hand-over notices for `token` heard on this watch's channels since the last call,
+    /// with the node each came from (notices for other tokens are dropped: stale).
+    pub(crate) fn notices(&self, token: &str) -> Vec<(usize, Notice)> {
         let Ok(mut watched) = self.notifier.watched.lock() else {
-            return None;
+            return Vec::new();
         };
-        self.channels.iter().find_map(|ch| {
-            let listeners = watched.get_mut(ch)?;
-            let payload = listeners
-                .payload
-                .take_if(|p| p.split_once(' ').is_some_and(|(handed, _)| handed == token))?;
-            payload.split_once(' ')?.1.parse().ok()
-        })
+        let mut notices = Vec::new();
+        for ch in &self.channels {
+            if let Some(listeners) = watched.get_mut(ch) {
+                for (node, payload) in listeners.payloads.drain(..) {
+                    if let Some(notice) = Notice::parse(&payload)
+                        && notice.token == token
+                    {
+                        notices.push((node, notice));
+                    }
+                }
+            }
+        }
+        notices
     }
 }
 

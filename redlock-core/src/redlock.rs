@@ -16,16 +16,17 @@ use crate::{
     error::{Error, Result},
     fencing::FencingToken,
     finisher::Finisher,
+    handover::{Notice, Successor},
     load::Load,
     local::{LocalQueues, Turn},
     lock::Lock,
     node::{Ask, Fair, Keys, Node},
-    notify::{Notifier, sequencer},
+    notify::{Notifier, Watch, sequencer},
     renewer::Renewer,
     retry::Retry,
     timing,
     token::LockToken,
-    votes::Votes,
+    votes::{Heirship, Votes},
 };
 
 /// Pauses before a waiter whose turn came asks the nodes that were still held again (see
@@ -62,6 +63,8 @@ struct QueueSpot {
     /// The token we registered for a hand-over: leaving frees the key if a release handed it
     /// to this token meanwhile.
     heir: Option<Arc<str>>,
+    /// Our lease in the line (how long a release may still name our token elsewhere).
+    lease: Duration,
     armed: bool,
 }
 
@@ -79,11 +82,12 @@ impl Drop for QueueSpot {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (shared, key, node, heir) = (
+        let (shared, key, node, heir, lease) = (
             self.shared.clone(),
             std::mem::take(&mut self.key),
             self.node,
             self.heir.take(),
+            self.lease,
         );
         runtime.spawn(
             async move {
@@ -92,10 +96,78 @@ impl Drop for QueueSpot {
                 if let Err(error) = leave.await {
                     debug!(%error, "could not leave the wait queue; the lease will drop us");
                 }
+                // A holder may have named our token to the other nodes (see `handover`).
+                if let Some(token) = heir {
+                    let life = tombstone_life(&shared, lease);
+                    retire_elsewhere(&shared, &key, node, &token, life).await;
+                }
             }
             .instrument(tracing::debug_span!("redlock.leave_queue")),
         );
     }
+}
+
+/// Frees `key` on every node but the sequencer `first` where it holds `token`, a token
+/// registered for a hand-over that its waiter stops using, and leaves a tombstone for it where
+/// it does not: a release naming it may still be on its way ([`handover`](crate::handover)).
+async fn retire_elsewhere(
+    shared: &Arc<Shared>,
+    key: &str,
+    first: usize,
+    token: &str,
+    life: Duration,
+) {
+    let keys = [key.to_owned()];
+    let tombstones = [crate::scripts::tombstone(key, token)];
+    let heir = crate::node::HeirRelease {
+        tombstones: &tombstones,
+        life_ms: u64::try_from(life.as_millis()).unwrap_or(u64::MAX),
+        successor: None,
+    };
+    let timeout = shared.settings.node_timeout;
+    join_all(
+        shared
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != first)
+            .map(|(_, node)| {
+                node.release(
+                    None,
+                    &keys,
+                    token,
+                    crate::node::Wake::Nobody,
+                    None,
+                    Some(heir),
+                    timeout,
+                )
+            }),
+    )
+    .await;
+}
+
+/// How long a registered token's tombstone lives on a node: a holder names a successor only
+/// within the lease the successor had left in the sequencer's line, so no release naming it is
+/// sent later than a lease after its last ask; the node timeout covers the release's trip.
+fn tombstone_life(shared: &Shared, lease: Duration) -> Duration {
+    lease.saturating_add(shared.settings.node_timeout)
+}
+
+/// What a waiter heard after a wake-up: hand-over notices for its registered token, from the
+/// sequencer node and from the others.
+#[derive(Default)]
+struct Heard {
+    sequencer: Option<Notice>,
+    others: Vec<(usize, Notice)>,
+}
+
+/// A hand-over to act on: when the key can have been set for us at the earliest (the start of
+/// the oldest ask the counted notices name), the other nodes whose notices count, and the
+/// successor to name at our own release.
+struct TakeOver {
+    at: Instant,
+    noticed: Vec<usize>,
+    successor: Option<Successor>,
 }
 
 /// The token a queued waiter registers for a hand-over (see `scripts::RELEASE_CONTENDED`),
@@ -555,9 +627,9 @@ impl Redlock {
         let mut spot: Option<QueueSpot> = None;
         // Set when a message said our turn came (or the lock was released).
         let mut in_turn = false;
-        // Set when the sequencer node handed the key over to our registered token: a moment
-        // before it did.
-        let mut take_over: Option<Instant> = None;
+        // Set when the sequencer node handed the key over to our registered token (a moment
+        // before it did, and which other nodes did too).
+        let mut take_over: Option<TakeOver> = None;
         loop {
             let mut refused = Refused::default();
             let outcome = match first.take() {
@@ -595,6 +667,7 @@ impl Redlock {
                             key: target.keys[0].clone(),
                             node: sequencer(&target.keys[0], self.shared.nodes.len()),
                             heir: None,
+                            lease: queue_lease(&retry),
                             armed: true,
                         });
                         spot.heir = Some(token.clone());
@@ -604,8 +677,9 @@ impl Redlock {
                     let handed = take_over
                         .take()
                         .and_then(|at| heir.registered().map(|token| (token.clone(), at)));
-                    if let Some((token, handed_at)) = handed {
-                        let outcome = self.attempt_handed(&target, ttl, token, handed_at).await;
+                    if let Some((token, handed)) = handed {
+                        let life = tombstone_life(&self.shared, queue_lease(&retry));
+                        let outcome = self.attempt_handed(&target, ttl, token, handed, life).await;
                         // Won or lost, the registered token served its one hand-over.
                         heir = Heir::fresh();
                         if let Some(spot) = spot.as_mut() {
@@ -644,7 +718,11 @@ impl Redlock {
                         // The sequencer node holds the key for our registered token: take it
                         // from the other nodes at once. It was handed over after the last ask
                         // that found us in the queue.
-                        take_over = heir.floor;
+                        take_over = heir.floor.map(|at| TakeOver {
+                            at,
+                            noticed: Vec::new(),
+                            successor: None,
+                        });
                         continue;
                     }
                     if err.is_contended() && watch.is_none() {
@@ -687,11 +765,28 @@ impl Redlock {
                             if woken {
                                 debug!("woken by a release");
                                 in_turn = true;
-                                // Handed over after the ask the notice names was sent.
-                                take_over = heir
-                                    .registered()
-                                    .and_then(|token| watch.handed_to(token))
-                                    .and_then(|number| heir.started(number));
+                                if let Some(token) = heir.registered().cloned() {
+                                    let first = sequencer(&target.keys[0], self.shared.nodes.len());
+                                    let heard =
+                                        Box::pin(self.hear_hand_over(watch, &token, first)).await;
+                                    let elsewhere =
+                                        heard.sequencer.is_none() && !heard.others.is_empty();
+                                    take_over = self.take_over(heard, &heir);
+                                    if elsewhere {
+                                        // Named elsewhere, not handed over by the sequencer:
+                                        // free those nodes for whoever it turned to.
+                                        let life =
+                                            tombstone_life(&self.shared, queue_lease(&retry));
+                                        retire_elsewhere(
+                                            &self.shared,
+                                            &target.keys[0],
+                                            first,
+                                            &token,
+                                            life,
+                                        )
+                                        .await;
+                                    }
+                                }
                             }
                         }
                         None => Box::pin(tokio::time::sleep(pause)).await,
@@ -870,19 +965,95 @@ impl Redlock {
         .await
     }
 
+    /// After a wake-up, collects the hand-over notices for our registered `token`: once the
+    /// sequencer's (node `first`) says the holder named us to the other nodes too, until
+    /// enough of theirs for a quorum came; once only other nodes' came, until the sequencer's
+    /// does. Each a quarter of the node timeout at most: the notices of one release arrive
+    /// together.
+    async fn hear_hand_over(&self, watch: &Watch, token: &str, first: usize) -> Heard {
+        let quorum = self.shared.settings.quorum;
+        let until = tokio::time::Instant::now() + self.shared.settings.node_timeout / 4;
+        let mut heard = Heard::default();
+        loop {
+            for (node, notice) in watch.notices(token) {
+                if node == first {
+                    heard.sequencer = Some(notice);
+                } else {
+                    heard.others.retain(|(n, _)| *n != node);
+                    heard.others.push((node, notice));
+                }
+            }
+            let more = match &heard.sequencer {
+                Some(notice) => notice.marked && heard.others.len() + 1 < quorum,
+                None => !heard.others.is_empty(),
+            };
+            if !more
+                || tokio::time::timeout_at(until, watch.notified())
+                    .await
+                    .is_err()
+            {
+                if more {
+                    // Late notices are for the next wake-up's `notices` (or none).
+                    heard.others.extend(
+                        watch
+                            .notices(token)
+                            .into_iter()
+                            .filter(|(node, _)| *node != first),
+                    );
+                }
+                return heard;
+            }
+        }
+    }
+
+    /// The hand-over the notices in `heard` make: only with the sequencer's (it alone decides
+    /// whose turn it is), counting the other nodes whose notice names an ask we remember, with
+    /// the validity from the oldest ask named.
+    fn take_over(&self, heard: Heard, heir: &Heir) -> Option<TakeOver> {
+        let notice = heard.sequencer?;
+        let asked = heir.started(notice.ask)?;
+        let mut at = asked;
+        let mut noticed = Vec::new();
+        for (node, other) in heard.others {
+            if let Some(started) = heir.started(other.ask) {
+                at = at.min(started);
+                noticed.push(node);
+            }
+        }
+        let settings = &self.shared.settings;
+        let successor = notice
+            .next
+            .map(|next| next.successor(asked, |left| settings.drift(left)));
+        Some(TakeOver {
+            at,
+            noticed,
+            successor,
+        })
+    }
+
     /// A waiter's attempt once a release handed the key over to its registered token `value`
-    /// on the sequencer node (see `scripts::RELEASE_CONTENDED`): that node's vote is in hand,
-    /// the token goes to every other node, and the validity counts from `t1`, a moment before
-    /// the sequencer node set the key.
+    /// on the sequencer node (see `scripts::RELEASE_CONTENDED`), and maybe on other nodes too
+    /// (see `handover`): those nodes' votes are in hand, the token is claimed on every other
+    /// node, and the validity counts from a moment before the first of those nodes set the key.
     async fn attempt_handed(
         &self,
         target: &Target,
         ttl: Duration,
         value: Arc<str>,
-        t1: Instant,
+        handed: TakeOver,
+        tombstone_life: Duration,
     ) -> Result<Lock> {
-        debug!("the key was handed over to us on its sequencer node");
-        let votes = Votes::handed_over(&self.shared, &target.keys, &value, ttl);
+        let TakeOver {
+            at: t1,
+            noticed,
+            successor,
+        } = handed;
+        debug!(others = noticed.len(), "the key was handed over to us");
+        let heirship = Heirship {
+            successor,
+            life: tombstone_life,
+        };
+        let votes = Votes::handed_over(&self.shared, &target.keys, &value, ttl, &noticed, heirship);
         let mut guard = AttemptGuard {
             votes: Some(votes),
             shared: &self.shared,

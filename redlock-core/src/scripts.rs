@@ -133,9 +133,16 @@ return deleted"#;
 /// calls: `cmdstat_psetex` in `INFO commandstats` counts the hand-overs a node made. Returns 1
 /// when our token was there (deleted or replaced).
 ///
+/// **One-trip hand-over.** The notice also says whether the releasing holder named this
+/// waiter, with this token, to the other nodes ([`RELEASE_HEIR`]: ARGV[4] and ARGV[5], the
+/// successor the holder was told of; `"1"` if so, `"0"` if not), and names the waiter then at
+/// the head of the line, if it registered a token and its lease runs: its id, ttl, token, last
+/// ask's number and lease left in ms (node clock minus node clock), for the new holder to name
+/// at its own release. Notice: `token ask marked [next ttl token ask lease_left]`.
+///
 /// KEYS: the lock key, the two keys of its [`wait_queue`], its [`waiting_flag`]. ARGV: the
 /// token, the mode, the caller's wall clock in ms (for nodes whose scripts see no clock, as in
-/// [`FAIR_ACQUIRE`]).
+/// [`FAIR_ACQUIRE`]), the successor's waiter id and token the holder named elsewhere (or "").
 pub(crate) static RELEASE_CONTENDED: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(concat!(
         r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
@@ -156,7 +163,18 @@ while head do
         if token then
             redis.call("PSETEX", KEYS[1], ttl, token)
             redis.call("HDEL", KEYS[3], head)
-            redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, token .. " " .. ask)
+            -- Marked when the releasing holder named this waiter to the other nodes too.
+            local notice = token .. " " .. ask .. " " .. ((head == ARGV[4] and token == ARGV[5]) and "1" or "0")
+            -- The next waiter, for the new holder to name at its own release.
+            local next = redis.call("LINDEX", KEYS[2], 0)
+            local following = next and redis.call("HGET", KEYS[3], next)
+            if following then
+                local l, t, r, a = string.match(following, "^(%d+) (%d+) (%S+) (%d+)$")
+                if r and tonumber(l) > clock() then
+                    notice = notice .. " " .. next .. " " .. t .. " " .. r .. " " .. a .. " " .. (tonumber(l) - clock())
+                end
+            end
+            redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, notice)
             return 1
         end
         -- Alive, but nothing to hand over to: back at the head, and woken below.
@@ -224,6 +242,65 @@ pub(crate) static RELEASE_ONE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r#"if redis.call("GET", KEYS[1]) == ARGV[1] then
     return redis.call("DEL", KEYS[1])
+end
+return 0"#,
+    )
+});
+
+/// The release, on a node other than the key's sequencer, of a token registered for a
+/// hand-over (a lock a release handed over to its waiter, or such a waiter's token it stops
+/// using): the **one-trip hand-over**'s half on those nodes. If the key holds our token: when a
+/// successor is named (ARGV[3..]) and has not retired its token (no tombstone, KEYS[3]), the key
+/// is set to the successor's token with its ttl (`PSETEX`) and `<successor token> <ask>` is
+/// published on `<key>:released:<successor>`, so that the successor holds this node's vote
+/// without asking for it; otherwise the key is deleted. If the key holds another token, its
+/// holder's release may name us and be on its way here (the sequencer told that holder we
+/// were next), so a tombstone for our token (KEYS[2], for ARGV[2] ms: as long as such a release
+/// can still be sent) makes that release delete the key instead of handing it to us; a key
+/// nobody holds here can be handed to nobody. Returns 1 when our token was there.
+///
+/// KEYS: the lock key, our tombstone, the successor's tombstone (when one is named). ARGV: our
+/// token, the tombstone's life in ms, then optionally the successor's token, ttl ms, waiter id
+/// and ask number.
+pub(crate) static RELEASE_HEIR: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"local current = redis.call("GET", KEYS[1])
+if current ~= ARGV[1] then
+    if current then
+        redis.call("SET", KEYS[2], "1", "PX", ARGV[2])
+    end
+    return 0
+end
+if ARGV[3] and redis.call("EXISTS", KEYS[3]) == 0 then
+    redis.call("PSETEX", KEYS[1], ARGV[4], ARGV[3])
+    redis.call("PUBLISH", KEYS[1] .. ":released:" .. ARGV[5], ARGV[3] .. " " .. ARGV[6])
+    return 1
+end
+redis.call("DEL", KEYS[1])
+return 1"#,
+    )
+});
+
+/// The tombstone of a registered token on a node other than the key's sequencer
+/// ([`RELEASE_HEIR`]): while it lives, a release that names that token as successor deletes
+/// the key instead of handing it over.
+pub(crate) fn tombstone(lock_key: &str, token: &str) -> String {
+    format!("{lock_key}:gone:{token}")
+}
+
+/// A waiter's SET of its registered token on the nodes other than the sequencer, once the
+/// sequencer handed the key over to it: `SET NX PX`, or, where a release already handed the key
+/// to that token ([`RELEASE_HEIR`], whose notice did not arrive), a fresh expiry of ttl, so that
+/// the key lives at least a ttl from when this was sent, like a SET. Returns 1 if the key now
+/// holds our token, 0 if someone else holds it. KEYS: the lock key. ARGV: token, ttl ms.
+pub(crate) static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r#"if redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+    return 1
+end
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    redis.call("PEXPIRE", KEYS[1], ARGV[2])
+    return 1
 end
 return 0"#,
     )

@@ -22,7 +22,8 @@ use tracing::Instrument;
 use crate::{
     error::{NodeError, NodeErrorKind},
     finisher::Chore,
-    node::{Ask, Keys, Link, QueueRelease, Vote, Wake},
+    handover::Successor,
+    node::{Ask, HeirRelease, Keys, Link, QueueRelease, Vote, Wake},
     notify::sequencer,
     redlock::Shared,
     scripts,
@@ -109,6 +110,19 @@ pub(crate) struct Votes {
     rest: Rest,
     /// Failures seen so far, for the error of a failed attempt.
     pub(crate) failures: Vec<NodeError>,
+    /// Set when the token is one a waiter registered for a hand-over: its releases on the
+    /// other nodes hand the key over to the successor, or leave a tombstone
+    /// ([`RELEASE_HEIR`](scripts::RELEASE_HEIR)).
+    heir: Option<Arc<Heirship>>,
+}
+
+/// What the releases of a registered token need on the nodes other than the sequencer.
+#[derive(Debug)]
+pub(crate) struct Heirship {
+    /// The waiter to name at a held lock's release, as the sequencer told us.
+    pub(crate) successor: Option<Successor>,
+    /// How long a tombstone for our token lives.
+    pub(crate) life: Duration,
 }
 
 /// The parameters of the SETs.
@@ -117,6 +131,10 @@ struct Rest {
     value: Arc<str>,
     ttl: Duration,
     fenced: bool,
+    /// The SETs to the nodes other than the sequencer are [`CLAIM`](scripts::CLAIM)s: the
+    /// token is one the sequencer handed the key over to, which a release may have handed
+    /// over to here too.
+    claim: bool,
 }
 
 /// The tally of a vote once it was decided.
@@ -169,22 +187,47 @@ impl Votes {
     /// The votes of a waiter to whom a release handed the key over on its sequencer node
     /// ([`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)): `value` is the token it registered,
     /// which that node already holds for it (the node's notice, or its [`Vote::Handed`], said
-    /// so, and only the waiter itself or the key's expiry removes it from there). The SETs of
-    /// `value` to every other node go out when the votes are first polled.
+    /// so, and only the waiter itself or the key's expiry removes it from there), as do the
+    /// nodes in `noticed`, whose releases handed it over too ([`RELEASE_HEIR`](scripts::RELEASE_HEIR)).
+    /// Short of a quorum, the [`CLAIM`](scripts::CLAIM)s of `value` to every other node go out
+    /// when the votes are first polled.
     pub(crate) fn handed_over(
         shared: &Arc<Shared>,
         keys: &Keys,
         value: &Arc<str>,
         ttl: Duration,
+        noticed: &[usize],
+        heirship: Heirship,
     ) -> Votes {
         let mut votes = Votes::unsent(shared, keys, value, ttl, false);
         votes.contended = true;
-        votes.slots[votes.first] = Slot::Settled {
-            holds: Holds::Yes,
-            link: None,
-            fence: None,
-        };
-        votes.send_rest(shared);
+        votes.rest.claim = true;
+        votes.heir = Some(Arc::new(heirship));
+        for &index in noticed.iter().chain([&votes.first]) {
+            if let Some(slot) = votes.slots.get_mut(index) {
+                *slot = Slot::Settled {
+                    holds: Holds::Yes,
+                    link: None,
+                    fence: None,
+                };
+            }
+        }
+        if noticed.len() < shared.settings.quorum.saturating_sub(1) {
+            votes.send_rest(shared);
+        } else {
+            // A quorum in hand: the other nodes' notices are on their way (the holder handed
+            // over there too), and asking them would only add a command each. They may hold
+            // our token, so the release still goes there.
+            for slot in &mut votes.slots {
+                if matches!(slot, Slot::Unsent) {
+                    *slot = Slot::Settled {
+                        holds: Holds::Maybe,
+                        link: None,
+                        fence: None,
+                    };
+                }
+            }
+        }
         votes
     }
 
@@ -223,8 +266,10 @@ impl Votes {
                 value: value.clone(),
                 ttl,
                 fenced,
+                claim: false,
             },
             failures: Vec::new(),
+            heir: None,
         }
     }
 
@@ -243,7 +288,7 @@ impl Votes {
         let rest = &self.rest;
         let link = match shared.nodes[index].cached_link() {
             // The common case: one key, no fencing, no queue, a connection at hand.
-            Some(link) if ask.is_none() && !rest.fenced && rest.keys.len() == 1 => {
+            Some(link) if ask.is_none() && !rest.fenced && !rest.claim && rest.keys.len() == 1 => {
                 let set = shared.nodes[index].plain_set(link, &rest.keys[0], &rest.value, rest.ttl);
                 self.slots[index] = Slot::Pending { set };
                 return;
@@ -252,6 +297,7 @@ impl Votes {
         };
         let (shared, keys, value) = (shared.clone(), rest.keys.clone(), rest.value.clone());
         let (ttl, fenced) = (rest.ttl, rest.fenced);
+        let claim = rest.claim && index != self.first;
         // A waiter's ask is awaited at once by the attempt, so it never needs a task.
         let in_place = link.is_some() || ask.is_some();
         let set = async move {
@@ -265,6 +311,8 @@ impl Votes {
                     node.set_nx_px(link, &keys, &value, ttl, fenced, Some(waiting))
                         .await
                 }
+                // Boxed: contended only.
+                None if claim => Box::pin(node.claim(link, &keys[0], &value, ttl)).await,
                 None => node.set_nx_px(link, &keys, &value, ttl, fenced, None).await,
             }
         };
@@ -532,7 +580,22 @@ impl Votes {
         let slot = std::mem::replace(&mut self.slots[index], Slot::Unsent);
         let undo = self.undo(shared, index, keys, value, announce);
         let timeout = shared.settings.node_timeout;
+        // A registered token's node that was busy may yet be handed the key by a release that
+        // names us: its release leaves a tombstone there.
+        let tombstone = self.heir.is_some() && index != self.first;
         self.slots[index] = match slot {
+            Slot::Settled {
+                holds: Holds::Busy, ..
+            } if tombstone => {
+                let span = shared.nodes[index].release_span();
+                Slot::Releasing {
+                    release: traced(span, async move {
+                        let result = undo.send(None, timeout).await;
+                        (result, None)
+                    }),
+                    straggler: false,
+                }
+            }
             Slot::Settled {
                 holds: holds @ (Holds::Yes | Holds::Maybe),
                 link,
@@ -597,6 +660,14 @@ impl Votes {
             },
             queued: keys.len() == 1 && on_sequencer,
             hand_over: self.contended,
+            heir: self.heir.clone(),
+            // Only a held lock's release names the successor, and only while it may.
+            name_successor: announce
+                && self
+                    .heir
+                    .as_ref()
+                    .and_then(|h| h.successor.as_ref())
+                    .is_some_and(Successor::usable),
         }
     }
 
@@ -628,17 +699,18 @@ impl Votes {
             .collect()
     }
 
-    /// True when no node may hold our token and nothing is in flight.
+    /// True when no node may hold our token, none is owed a tombstone, and nothing is in
+    /// flight.
     fn is_clean(&self) -> bool {
-        self.slots.iter().all(|s| {
-            matches!(
-                s,
-                Slot::Unsent
-                    | Slot::Settled {
-                        holds: Holds::No | Holds::Busy,
-                        ..
-                    }
-            )
+        self.slots.iter().enumerate().all(|(index, s)| match s {
+            Slot::Unsent
+            | Slot::Settled {
+                holds: Holds::No, ..
+            } => true,
+            Slot::Settled {
+                holds: Holds::Busy, ..
+            } => self.heir.is_none() || index == self.first,
+            _ => false,
         })
     }
 
@@ -760,6 +832,10 @@ struct NodeRelease {
     queued: bool,
     /// Its release hands the key over to the head of the queue (see `Votes::contended`).
     hand_over: bool,
+    /// The token is registered for a hand-over (see `Votes::heir`).
+    heir: Option<Arc<Heirship>>,
+    /// The release names the successor of `heir`.
+    name_successor: bool,
 }
 
 impl NodeRelease {
@@ -777,16 +853,45 @@ impl NodeRelease {
             [list, entries, scripts::waiting_flag(&self.keys[0])]
         });
         let hand_over = self.hand_over;
+        let successor = self
+            .heir
+            .as_ref()
+            .and_then(|h| h.successor.as_ref())
+            .filter(|_| self.name_successor);
+        // Elsewhere than the sequencer, a registered token's tombstone and its successor's.
+        let heir = (!self.queued && self.keys.len() == 1)
+            .then_some(self.heir.as_ref())
+            .flatten()
+            .map(|heir| {
+                let mut tombstones = vec![scripts::tombstone(&self.keys[0], &self.value)];
+                if let Some(successor) = successor {
+                    tombstones.push(scripts::tombstone(&self.keys[0], &successor.token));
+                }
+                (tombstones, heir.life)
+            });
         async move {
             let queue = queue.as_ref().map(|keys| {
                 if hand_over {
-                    QueueRelease::HandOver(&keys[..])
+                    QueueRelease::HandOver(&keys[..], successor)
                 } else {
                     QueueRelease::Wake(&keys[..])
                 }
             });
+            let heir = heir.as_ref().map(|(tombstones, life)| HeirRelease {
+                tombstones,
+                life_ms: u64::try_from(life.as_millis()).unwrap_or(u64::MAX),
+                successor,
+            });
             self.shared.nodes[self.index]
-                .release(link, &self.keys, &self.value, self.wake, queue, timeout)
+                .release(
+                    link,
+                    &self.keys,
+                    &self.value,
+                    self.wake,
+                    queue,
+                    heir,
+                    timeout,
+                )
                 .await
         }
     }
@@ -852,7 +957,11 @@ mod tests {
     #[tokio::test]
     async fn a_vote_decided_at_the_quorum_has_sent_every_set() {
         let redlock = crate::Redlock::builder()
-            .nodes(["redis://127.0.0.1:1", "redis://127.0.0.1:2", "redis://127.0.0.1:3"])
+            .nodes([
+                "redis://127.0.0.1:1",
+                "redis://127.0.0.1:2",
+                "redis://127.0.0.1:3",
+            ])
             .build()
             .unwrap();
         let shared = redlock.shared().clone();
@@ -874,6 +983,9 @@ mod tests {
         }
         let (granted, tally) = votes.decide(&shared).await;
         assert!(granted && tally.acquired == 2, "{tally:?}");
-        assert!(sent.load(Ordering::SeqCst), "the sequencer node's SET was never polled");
+        assert!(
+            sent.load(Ordering::SeqCst),
+            "the sequencer node's SET was never polled"
+        );
     }
 }

@@ -5,6 +5,7 @@ mod cancel;
 mod extend;
 mod faults;
 mod fencing;
+mod handover;
 mod input;
 mod lifecycle;
 mod many;

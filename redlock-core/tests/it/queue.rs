@@ -16,7 +16,7 @@ use redlock_core::{LockOptions, Redlock, Retry};
 use crate::support::{cluster, command_calls, eventually, redlock, redlock_with};
 
 /// Entries in the wait queue of `key`, over every node (only its sequencer node keeps one).
-fn queued(nodes: &redlock_tests::Cluster, key: &str) -> i64 {
+pub(crate) fn queued(nodes: &redlock_tests::Cluster, key: &str) -> i64 {
     nodes
         .iter()
         .filter_map(|n| {
@@ -29,7 +29,7 @@ fn queued(nodes: &redlock_tests::Cluster, key: &str) -> i64 {
 
 /// A client whose retry pause is far longer than the test: it can only get the lock in time if
 /// it is woken when its turn comes.
-fn patient(nodes: &redlock_tests::Cluster) -> Redlock {
+pub(crate) fn patient(nodes: &redlock_tests::Cluster) -> Redlock {
     redlock_with(nodes, |b| {
         b.retry(Retry::new(1_000, Duration::from_secs(5), Duration::ZERO))
     })
@@ -314,7 +314,7 @@ async fn the_queue_keys_expire_two_leases_after_the_last_ask() {
 }
 
 /// FNV-1a, as the client picks a key's sequencer node.
-fn sequencer(key: &str, nodes: u64) -> u64 {
+pub(crate) fn sequencer(key: &str, nodes: u64) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     }) % nodes
@@ -439,7 +439,7 @@ async fn woken_by_the_release(
 }
 
 /// A client that waits for `resource` up to 20 s in a task of its own.
-fn wait_for(
+pub(crate) fn wait_for(
     waiter: Redlock,
     resource: &str,
     options: LockOptions,
@@ -455,7 +455,10 @@ fn wait_for(
 /// A lock on `resource` taken through its wait queue (another client held it first), as locks
 /// are while a resource stays contended: only such a lock's release hands the key over. An
 /// uncontended lock's release wakes the next waiter, which asks for itself.
-async fn taken_in_turn(nodes: &redlock_tests::Cluster, resource: &str) -> redlock_core::Lock {
+pub(crate) async fn taken_in_turn(
+    nodes: &redlock_tests::Cluster,
+    resource: &str,
+) -> redlock_core::Lock {
     let first = redlock(nodes).lock(resource).await.unwrap();
     let waiting = wait_for(patient(nodes), resource, LockOptions::new());
     let key = format!("redlock:{resource}");
@@ -465,7 +468,7 @@ async fn taken_in_turn(nodes: &redlock_tests::Cluster, resource: &str) -> redloc
 }
 
 /// Drops every pub/sub connection to `node`: its waiters no longer hear their turn.
-fn deafen(node: &redlock_tests::RedisNode) {
+pub(crate) fn deafen(node: &redlock_tests::RedisNode) {
     node.query(&["CLIENT", "KILL", "TYPE", "pubsub"])
         .expect("CLIENT KILL");
 }

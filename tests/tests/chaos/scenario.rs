@@ -291,7 +291,33 @@ pub(crate) async fn run_shaped(
             "{name}: no release ever handed a key over to a waiter"
         ));
     }
+    // A node that is no resource's sequencer sets a key with `PSETEX` only in a one-trip
+    // hand-over (the holder naming its successor to every node).
+    let one_trip: i64 = rig
+        .cluster
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| {
+            !RESOURCES
+                .iter()
+                .any(|r| sequencer(&format!("chaos:{r}")) == *index)
+        })
+        .filter_map(|(_, node)| node.command_calls("psetex").ok())
+        .sum();
+    if !shape.fencing && one_trip == 0 {
+        extra.push(format!(
+            "{name}: no release ever handed a key over in one trip"
+        ));
+    }
     judge(&name, &profile, &records, &config, asserted, &extra)
+}
+
+/// The node a client asks first for `key` (FNV-1a over the key, as the client picks it).
+fn sequencer(key: &str) -> usize {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % NODES as u64).unwrap_or(0)
 }
 
 /// How many times the nodes that answer ran `command` (`INFO commandstats`). The wait queue's

@@ -1,0 +1,167 @@
+//! The one-trip hand-over: a holder that the sequencer node told who is next names that waiter
+//! to every node at its release, and the waiter holds the lock on their notices without sending
+//! a SET anywhere (`handover` in the crate). Each `Redlock` here is its own client, as separate
+//! processes are.
+
+use std::time::Duration;
+
+use redlock_core::{Lock, LockOptions, Redlock, Retry};
+
+use crate::queue::{deafen, patient, queued, sequencer, taken_in_turn, wait_for};
+use crate::support::{cluster, command_calls, eventually, gone_everywhere, redlock_with};
+
+type Waiting = tokio::task::JoinHandle<Result<Lock, redlock_core::Error>>;
+
+/// A lock on `resource` handed over to its holder on the sequencer node while `successor`
+/// waited behind it: the sequencer's notice named `successor` as next, so the holder's release
+/// names it to every node. Returns the lock and the successor's pending `lock` call.
+async fn held_with_a_successor(
+    nodes: &redlock_tests::Cluster,
+    resource: &str,
+    successor: Redlock,
+) -> (Lock, Waiting) {
+    let key = format!("redlock:{resource}");
+    let first = taken_in_turn(nodes, resource).await;
+    let holder = wait_for(patient(nodes), resource, LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || queued(nodes, &key) == 1).await);
+    let next = wait_for(successor, resource, LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || queued(nodes, &key) == 2).await);
+    first.release().await.unwrap();
+    let held = holder.await.unwrap().expect("handed over in turn");
+    (held, next)
+}
+
+/// The nodes other than `key`'s sequencer node.
+fn others<'a>(
+    nodes: &'a redlock_tests::Cluster,
+    key: &str,
+) -> impl Iterator<Item = &'a redlock_tests::RedisNode> {
+    let seq = usize::try_from(sequencer(key, 3)).unwrap();
+    nodes
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| *i != seq)
+        .map(|(_, n)| n)
+}
+
+/// The release of a lock whose holder was told who is next hands the key over on every node:
+/// each sets it to the successor's token (`PSETEX`) and tells the successor, which holds the
+/// lock without a single command to the other nodes (their `SET` count does not move; a
+/// successor that asked them would run `SET` there in its claim). Its 5 s pause shows it was
+/// not polling.
+#[tokio::test]
+async fn a_release_hands_the_key_over_on_every_node_in_one_trip() {
+    let nodes = cluster(3);
+    let key = "redlock:relay";
+    let (held, next) = held_with_a_successor(&nodes, "relay", patient(&nodes)).await;
+    let sets: Vec<i64> = others(&nodes, key)
+        .map(|n| command_calls(n, "set"))
+        .collect();
+    assert!(others(&nodes, key).all(|n| command_calls(n, "psetex") == 0));
+    held.release().await.unwrap();
+    let lock = tokio::time::timeout(Duration::from_secs(3), next)
+        .await
+        .expect("handed over, not left to a 5 s pause")
+        .unwrap()
+        .expect("the successor holds the lock");
+    for (node, before) in others(&nodes, key).zip(sets) {
+        assert_eq!(
+            command_calls(node, "psetex"),
+            1,
+            "a hand-over on every node"
+        );
+        assert_eq!(
+            command_calls(node, "set"),
+            before,
+            "the successor sent no SET"
+        );
+    }
+    let token = nodes[usize::try_from(sequencer(key, 3)).unwrap()]
+        .get(key)
+        .unwrap()
+        .expect("held");
+    let holding = nodes
+        .iter()
+        .filter(|n| n.get(key).unwrap().as_deref() == Some(token.as_str()))
+        .count();
+    assert_eq!(holding, 3, "the successor's token on every node");
+    assert!(lock.is_valid());
+    assert!(lock.release().await.unwrap().released >= 2);
+    assert!(gone_everywhere(&nodes, key).await);
+}
+
+/// A successor that stops waiting after it was named leaves a tombstone for its token on the
+/// other nodes that hold the key (a key nobody holds there cannot be handed over), and the holder's release then deletes the key there instead of handing it to a
+/// token nobody will use (which would keep the key for the successor's ttl).
+#[tokio::test]
+async fn a_named_successor_that_left_is_not_handed_the_key() {
+    let nodes = cluster(3);
+    let key = "redlock:left";
+    let (held, next) = held_with_a_successor(&nodes, "left", patient(&nodes)).await;
+    // Where the holder's key is: the nodes a release naming the successor could hand it over on.
+    let held_there = others(&nodes, key)
+        .filter(|n| n.get(key).unwrap().is_some())
+        .count();
+    assert!(held_there >= 1, "the holder holds a quorum");
+    next.abort();
+    let tombstones = || {
+        others(&nodes, key)
+            .map(|n| n.keys("redlock:left:gone:*").unwrap().len())
+            .sum::<usize>()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || tombstones() == held_there).await,
+        "the successor left a tombstone wherever the key was held"
+    );
+    assert_eq!(queued(&nodes, key), 0, "and left the line");
+    held.release().await.unwrap();
+    assert!(gone_everywhere(&nodes, key).await, "nobody holds the key");
+    assert!(others(&nodes, key).all(|n| command_calls(n, "psetex") == 0));
+}
+
+/// A holder names its successor only within the lease the successor had left when the
+/// sequencer named it: later, the sequencer may have dropped it from the line. Past that, the
+/// release hands over on the sequencer alone, and the successor claims the other nodes itself.
+#[tokio::test]
+async fn a_holder_does_not_name_a_successor_whose_lease_may_have_run_out() {
+    let nodes = cluster(3);
+    let key = "redlock:stale";
+    // Asks every 100 ms (its lease: 1 s), so it stays in line while the holder holds.
+    let eager = redlock_with(&nodes, |b| {
+        b.retry(Retry::new(
+            1_000,
+            Duration::from_millis(100),
+            Duration::ZERO,
+        ))
+    });
+    let (held, next) = held_with_a_successor(&nodes, "stale", eager).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    held.release().await.unwrap();
+    let lock = next.await.unwrap().expect("the successor holds the lock");
+    assert!(
+        others(&nodes, key).all(|n| command_calls(n, "psetex") == 0),
+        "no hand-over named a successor past its lease"
+    );
+    lock.release().await.unwrap();
+}
+
+/// A successor that does not hear the other nodes (its pub/sub connections to them dropped)
+/// holds on the sequencer's notice alone, claiming the other nodes, where the release already
+/// set its token: the claim counts a key that holds our token as set.
+#[tokio::test]
+async fn a_successor_deaf_to_the_other_nodes_claims_them() {
+    let nodes = cluster(3);
+    let key = "redlock:deaf";
+    let (held, next) = held_with_a_successor(&nodes, "deaf", patient(&nodes)).await;
+    others(&nodes, key).for_each(deafen);
+    held.release().await.unwrap();
+    let lock = tokio::time::timeout(Duration::from_secs(3), next)
+        .await
+        .expect("served, not left to a 5 s pause")
+        .unwrap()
+        .expect("the successor holds the lock");
+    assert!(others(&nodes, key).all(|n| command_calls(n, "psetex") == 1));
+    assert!(lock.is_valid());
+    assert!(lock.release().await.unwrap().released >= 2);
+    assert!(gone_everywhere(&nodes, key).await);
+}
