@@ -107,8 +107,18 @@
 //! passed over once its lease runs out: a release neither hands it the key nor spends its wake-up
 //! on it (`queue::a_release_skips_a_dead_waiter_and_hands_over_to_the_next`,
 //! `queue::an_uncontended_release_wakes_the_live_waiter_behind_a_dead_one`,
-//! `queue::a_dead_waiter_loses_its_place_when_its_lease_runs_out`). The queue only orders who
-//! asks first: a lock still needs a quorum of `SET NX`. The retry pause is only a fallback bound.
+//! `queue::a_dead_waiter_loses_its_place_when_its_lease_runs_out`). While the lock stays
+//! contended, a holder that was handed the key also learns who is next, and its release hands
+//! the key over to that waiter on every node where it still holds its own token: the waiter
+//! holds on the sequencer's notice plus enough other nodes' for a quorum, one trip after the
+//! release, without a SET of its own (`handover::a_release_hands_the_key_over_on_every_node_in_one_trip`);
+//! a successor is named only within the lease it had left
+//! (`handover::a_holder_does_not_name_a_successor_whose_lease_may_have_run_out`), one that left
+//! leaves tombstones that turn the hand-over into a delete
+//! (`handover::a_named_successor_that_left_is_not_handed_the_key`), and one that hears only the
+//! sequencer claims the other nodes (`handover::a_successor_deaf_to_the_other_nodes_claims_them`).
+//! The queue only orders who asks first: a lock still needs a quorum of nodes holding its token,
+//! each set by an atomic compare on that node. The retry pause is only a fallback bound.
 //! Auto-extended locks are renewed in batches of up to 100 per node and script call.
 //!
 //! # Fencing
