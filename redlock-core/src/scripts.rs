@@ -253,22 +253,20 @@ return 0"#,
 /// successor is named (ARGV[3..]) and has not retired its token (no tombstone, KEYS[3]), the key
 /// is set to the successor's token with its ttl (`PSETEX`) and `<successor token> <ask>` is
 /// published on `<key>:released:<successor>`, so that the successor holds this node's vote
-/// without asking for it; otherwise the key is deleted. If the key holds another token, its
+/// without asking for it; otherwise the key is deleted. If the key does not hold our token, a
 /// holder's release may name us and be on its way here (the sequencer told that holder we
 /// were next), so a tombstone for our token (KEYS[2], for ARGV[2] ms: as long as such a release
-/// can still be sent) makes that release delete the key instead of handing it to us; a key
-/// nobody holds here can be handed to nobody. Returns 1 when our token was there.
+/// can still be sent) makes that release delete the key instead of handing it to us. Even a
+/// free key needs one: that holder's SET may still be on its way too (a straggler of a vote
+/// decided at the quorum), and its release behind it. Returns 1 when our token was there.
 ///
 /// KEYS: the lock key, our tombstone, the successor's tombstone (when one is named). ARGV: our
 /// token, the tombstone's life in ms, then optionally the successor's token, ttl ms, waiter id
 /// and ask number.
 pub(crate) static RELEASE_HEIR: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
-        r#"local current = redis.call("GET", KEYS[1])
-if current ~= ARGV[1] then
-    if current then
-        redis.call("SET", KEYS[2], "1", "PX", ARGV[2])
-    end
+        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+    redis.call("SET", KEYS[2], "1", "PX", ARGV[2])
     return 0
 end
 if ARGV[3] and redis.call("EXISTS", KEYS[3]) == 0 then

@@ -44,16 +44,33 @@ fn others<'a>(
         .map(|(_, n)| n)
 }
 
-/// The release of a lock whose holder was told who is next hands the key over on every node:
-/// each sets it to the successor's token (`PSETEX`) and tells the successor, which holds the
-/// lock without a single command to the other nodes (their `SET` count does not move; a
+/// The release of a lock whose holder was told who is next hands the key over on every node
+/// that holds the holder's token: each sets it to the successor's token (`PSETEX`) and tells the
+/// successor, which holds the lock without a single command to the other nodes (their `SET` count does not move; a
 /// successor that asked them would run `SET` there in its claim). Its 5 s pause shows it was
 /// not polling.
 #[tokio::test]
 async fn a_release_hands_the_key_over_on_every_node_in_one_trip() {
     let nodes = cluster(3);
     let key = "redlock:relay";
-    let (held, next) = held_with_a_successor(&nodes, "relay", patient(&nodes)).await;
+    // Its 2 s node timeout gives the notices of one release half a second to arrive together
+    // (a quarter of it) before it falls back to claiming the nodes, even on a loaded machine.
+    let successor = redlock_with(&nodes, |b| {
+        b.node_timeout(Duration::from_secs(2)).retry(Retry::new(
+            1_000,
+            Duration::from_secs(5),
+            Duration::ZERO,
+        ))
+    });
+    let (held, next) = held_with_a_successor(&nodes, "relay", successor).await;
+    let seq = &nodes[usize::try_from(sequencer(key, 3)).unwrap()];
+    let holder = seq.get(key).unwrap().expect("held");
+    // The holder decided at the quorum: a node its claim reached too late does not hold it,
+    // and nothing is handed over there.
+    let held_there: Vec<bool> = others(&nodes, key)
+        .map(|n| n.get(key).unwrap().as_deref() == Some(holder.as_str()))
+        .collect();
+    assert!(held_there.contains(&true), "the holder holds a quorum");
     let sets: Vec<i64> = others(&nodes, key)
         .map(|n| command_calls(n, "set"))
         .collect();
@@ -64,45 +81,50 @@ async fn a_release_hands_the_key_over_on_every_node_in_one_trip() {
         .expect("handed over, not left to a 5 s pause")
         .unwrap()
         .expect("the successor holds the lock");
-    for (node, before) in others(&nodes, key).zip(sets) {
-        assert_eq!(
-            command_calls(node, "psetex"),
-            1,
-            "a hand-over on every node"
-        );
-        assert_eq!(
-            command_calls(node, "set"),
-            before,
-            "the successor sent no SET"
-        );
+    // The release returned at the quorum, and the successor may hold on the quorum's notices
+    // before the last node ran its part.
+    let handed = || {
+        others(&nodes, key)
+            .zip(&held_there)
+            .all(|(node, held)| command_calls(node, "psetex") == i64::from(*held))
+    };
+    assert!(
+        eventually(Duration::from_secs(2), handed).await,
+        "a hand-over wherever the holder's token was, and nowhere else"
+    );
+    // Where the holder's token was not, its release leaves a tombstone (a `SET`) instead.
+    for ((node, before), held) in others(&nodes, key).zip(sets).zip(&held_there) {
+        if *held {
+            assert_eq!(
+                command_calls(node, "set"),
+                before,
+                "the successor sent no SET"
+            );
+        }
     }
-    let token = nodes[usize::try_from(sequencer(key, 3)).unwrap()]
-        .get(key)
-        .unwrap()
-        .expect("held");
+    let token = seq.get(key).unwrap().expect("held");
     let holding = nodes
         .iter()
         .filter(|n| n.get(key).unwrap().as_deref() == Some(token.as_str()))
         .count();
-    assert_eq!(holding, 3, "the successor's token on every node");
+    let expected = 1 + held_there.iter().filter(|held| **held).count();
+    assert_eq!(
+        holding, expected,
+        "the successor's token wherever the holder's was"
+    );
     assert!(lock.is_valid());
     assert!(lock.release().await.unwrap().released >= 2);
     assert!(gone_everywhere(&nodes, key).await);
 }
 
 /// A successor that stops waiting after it was named leaves a tombstone for its token on the
-/// other nodes that hold the key (a key nobody holds there cannot be handed over), and the holder's release then deletes the key there instead of handing it to a
+/// other nodes, and the holder's release then deletes the key there instead of handing it to a
 /// token nobody will use (which would keep the key for the successor's ttl).
 #[tokio::test]
 async fn a_named_successor_that_left_is_not_handed_the_key() {
     let nodes = cluster(3);
     let key = "redlock:left";
     let (held, next) = held_with_a_successor(&nodes, "left", patient(&nodes)).await;
-    // Where the holder's key is: the nodes a release naming the successor could hand it over on.
-    let held_there = others(&nodes, key)
-        .filter(|n| n.get(key).unwrap().is_some())
-        .count();
-    assert!(held_there >= 1, "the holder holds a quorum");
     next.abort();
     let tombstones = || {
         others(&nodes, key)
@@ -110,8 +132,8 @@ async fn a_named_successor_that_left_is_not_handed_the_key() {
             .sum::<usize>()
     };
     assert!(
-        eventually(Duration::from_secs(3), || tombstones() == held_there).await,
-        "the successor left a tombstone wherever the key was held"
+        eventually(Duration::from_secs(3), || tombstones() == 2).await,
+        "the successor left a tombstone on each other node"
     );
     assert_eq!(queued(&nodes, key), 0, "and left the line");
     held.release().await.unwrap();
