@@ -111,7 +111,9 @@
 //! contended, a holder that was handed the key also learns who is next, and its release hands
 //! the key over to that waiter on every node where it still holds its own token: the waiter
 //! holds on the sequencer's notice plus enough other nodes' for a quorum, one trip after the
-//! release, without a SET of its own (`handover::a_release_hands_the_key_over_on_every_node_in_one_trip`);
+//! release, without a SET of its own (`handover::a_release_hands_the_key_over_on_every_node_in_one_trip`),
+//! its validity counted from the ask of its that the holder named
+//! (`handover::a_successor_counts_its_validity_from_the_ask_the_holder_named`);
 //! a successor is named only within the lease it had left
 //! (`handover::a_holder_does_not_name_a_successor_whose_lease_may_have_run_out`), one that left
 //! leaves tombstones that turn the hand-over into a delete

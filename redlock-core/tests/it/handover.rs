@@ -187,3 +187,37 @@ async fn a_successor_deaf_to_the_other_nodes_claims_them() {
     assert!(lock.release().await.unwrap().released >= 2);
     assert!(gone_everywhere(&nodes, key).await);
 }
+
+/// A successor that holds on other nodes' notices counts its validity from the ask the holder
+/// named to them, which the sequencer saw before it named the successor, not from its later
+/// asks, which the sequencer's own notice names: those other nodes set the key after the named
+/// ask, but maybe before a later one. Here the successor renews its place every second while
+/// the holder holds for 2.5 s: counted from its last renewal, its lock would claim about 2 s
+/// more than those keys are sure to live.
+#[tokio::test]
+async fn a_successor_counts_its_validity_from_the_ask_the_holder_named() {
+    let nodes = cluster(3);
+    let key = "redlock:named";
+    let successor = redlock_with(&nodes, |b| {
+        b.node_timeout(Duration::from_secs(2)).retry(Retry::new(
+            1_000,
+            Duration::from_secs(1),
+            Duration::ZERO,
+        ))
+    });
+    let (held, next) = held_with_a_successor(&nodes, "named", successor).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    held.release().await.unwrap();
+    let lock = next.await.unwrap().expect("the successor holds the lock");
+    assert!(
+        others(&nodes, key).any(|n| command_calls(n, "psetex") == 1),
+        "handed over in one trip"
+    );
+    // ttl 10 s, held 2.5 s since the named ask: about 7.4 s left; from the last renewal, 9.4 s.
+    let left = lock.remaining();
+    assert!(
+        left < Duration::from_millis(8_400),
+        "{left:?} left: validity counted from a later ask"
+    );
+    lock.release().await.unwrap();
+}
