@@ -31,6 +31,16 @@ async fn held_with_a_successor(
     (held, next)
 }
 
+/// A successor that asks again every `pause`, whose 2 s node timeout gives the notices of one
+/// release half a second (a quarter of it) to arrive together before it falls back to claiming
+/// the other nodes, even on a loaded machine: the one-trip hand-over is what the test sees.
+fn slow_to_fall_back(nodes: &redlock_tests::Cluster, pause: Duration) -> Redlock {
+    redlock_with(nodes, |b| {
+        b.node_timeout(Duration::from_secs(2))
+            .retry(Retry::new(1_000, pause, Duration::ZERO))
+    })
+}
+
 /// The nodes other than `key`'s sequencer node.
 fn others<'a>(
     nodes: &'a redlock_tests::Cluster,
@@ -53,15 +63,7 @@ fn others<'a>(
 async fn a_release_hands_the_key_over_on_every_node_in_one_trip() {
     let nodes = cluster(3);
     let key = "redlock:relay";
-    // Its 2 s node timeout gives the notices of one release half a second to arrive together
-    // (a quarter of it) before it falls back to claiming the nodes, even on a loaded machine.
-    let successor = redlock_with(&nodes, |b| {
-        b.node_timeout(Duration::from_secs(2)).retry(Retry::new(
-            1_000,
-            Duration::from_secs(5),
-            Duration::ZERO,
-        ))
-    });
+    let successor = slow_to_fall_back(&nodes, Duration::from_secs(5));
     let (held, next) = held_with_a_successor(&nodes, "relay", successor).await;
     let seq = &nodes[usize::try_from(sequencer(key, 3)).unwrap()];
     let holder = seq.get(key).unwrap().expect("held");
@@ -198,13 +200,7 @@ async fn a_successor_deaf_to_the_other_nodes_claims_them() {
 async fn a_successor_counts_its_validity_from_the_ask_the_holder_named() {
     let nodes = cluster(3);
     let key = "redlock:named";
-    let successor = redlock_with(&nodes, |b| {
-        b.node_timeout(Duration::from_secs(2)).retry(Retry::new(
-            1_000,
-            Duration::from_secs(1),
-            Duration::ZERO,
-        ))
-    });
+    let successor = slow_to_fall_back(&nodes, Duration::from_secs(1));
     let (held, next) = held_with_a_successor(&nodes, "named", successor).await;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     held.release().await.unwrap();
