@@ -217,3 +217,42 @@ async fn a_successor_counts_its_validity_from_the_ask_the_holder_named() {
     );
     lock.release().await.unwrap();
 }
+
+/// A waiter does not wait for its subscriptions on the nodes other than the sequencer: those
+/// only add the one-trip hand-over. Here one of them is paused (it accepts connections and
+/// never answers), the node timeout is 2 s, and the lock is released 100 ms after the waiter
+/// asked: the waiter is served well within the 2 s a blocking subscription would cost it.
+#[tokio::test]
+async fn a_waiter_does_not_wait_for_a_paused_node_to_listen() {
+    let nodes = cluster(3);
+    let key = "redlock:paused";
+    let holder = redlock_with(&nodes, |b| b.node_timeout(Duration::from_secs(2)));
+    let held = holder.lock("paused").await.unwrap();
+    let paused = others(&nodes, key).next().expect("another node");
+    paused.pause().unwrap();
+    let waiter = slow_to_fall_back(&nodes, Duration::from_secs(5));
+    let asked = std::time::Instant::now();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .lock_with("paused", LockOptions::new().wait(Duration::from_secs(20)))
+            .await
+    });
+    // Only the sequencer is asked: a query to the paused node would wait for its timeout.
+    let seq = &nodes[usize::try_from(sequencer(key, 3)).unwrap()];
+    let in_line = || {
+        seq.query(&["LLEN", "redlock:paused:line"])
+            .ok()
+            .and_then(|r| r.as_int())
+            == Some(1)
+    };
+    assert!(eventually(Duration::from_secs(5), in_line).await);
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("served");
+    let waited = asked.elapsed();
+    paused.resume().unwrap();
+    assert!(
+        waited < Duration::from_millis(1_500),
+        "waited {waited:?}: held up by the paused node's subscription"
+    );
+    lock.release().await.unwrap();
+}
