@@ -953,12 +953,14 @@ impl Redlock {
             }
             votes.send_rest(&self.shared);
         }
-        // Not boxed: this is every uncontended lock's path.
+        // Not boxed: this is every uncontended lock's path. An attempt the sequencer node
+        // granted first (in turn, or a woken waiter outside the queue) asks the other nodes
+        // again if the release has not reached them yet.
         self.conclude(
             target,
             ttl,
             fenced,
-            approach == Approach::InTurn,
+            approach != Approach::Parallel,
             t1,
             &mut guard,
         )
@@ -1064,8 +1066,9 @@ impl Redlock {
     }
 
     /// The rest of an attempt whose SETs were sent at `t1` (or later): decides at the quorum,
-    /// asks nodes still held by the previous holder again when it came `in_turn`, checks the
-    /// validity, and makes the lock or undoes what applied.
+    /// asks nodes still held by the previous holder again when the sequencer node granted it
+    /// first (`in_turn`: a waiter in turn, or one outside the queue asking that node first),
+    /// checks the validity, and makes the lock or undoes what applied.
     async fn conclude(
         &self,
         target: &Target,

@@ -357,6 +357,38 @@ async fn a_waiter_in_turn_asks_again_the_nodes_the_release_has_not_reached() {
     .await;
 }
 
+/// The same for a waiter outside the queue (fenced here; `lock_many` waiters alike): woken by
+/// the release on the sequencer node, which grants it, it finds the other nodes still held a
+/// moment longer and asks them again instead of sleeping for its pause (5 s). Under load the
+/// holder's release can reach the sequencer node well before the others: it goes out first.
+#[tokio::test]
+async fn a_woken_fenced_waiter_asks_again_the_nodes_the_release_has_not_reached() {
+    let nodes = cluster(3);
+    let resource = (0..)
+        .map(|i| format!("late-fenced-{i}"))
+        .find(|r| sequencer(&format!("redlock:{r}"), 3) == 0)
+        .unwrap();
+    let key = format!("redlock:{resource}");
+    let held = redlock(&nodes).lock(&resource).await.unwrap();
+    let waiter = redlock_with(&nodes, |b| {
+        b.fencing(true)
+            .retry(Retry::new(1_000, Duration::from_secs(5), Duration::ZERO))
+    });
+    let waiting = wait_for(waiter, &resource, LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || flagged(&nodes, &resource)).await);
+    for node in nodes.iter().skip(1) {
+        node.query(&["SET", &key, "previous-holder", "PX", "10"])
+            .unwrap();
+    }
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_secs(2),
+        "kept its wake-up instead of sleeping for its pause",
+    )
+    .await;
+}
+
 /// Tasks of one process that keep handing a lock to each other (the next one's SETs queued
 /// right behind the release's deletes) never shut out a waiter in another process: each of its
 /// ten acquisitions gets the lock within its 2 s wait while eight local tasks keep taking turns
