@@ -322,39 +322,16 @@ pub(crate) fn sequencer(key: &str, nodes: u64) -> u64 {
 
 /// A waiter woken in turn whose other nodes still hold the previous key a moment longer (its
 /// release reached the sequencer node first) asks those nodes again instead of giving its turn
-/// away and sleeping for its pause (5 s here). The other nodes' keys are replaced here by a
-/// foreign value that expires 10 ms after the release: the waiter's first try finds them held.
+/// away and sleeping for its pause (5 s here).
 #[tokio::test]
 async fn a_waiter_in_turn_asks_again_the_nodes_the_release_has_not_reached() {
     let nodes = cluster(3);
-    let resource = (0..)
-        .map(|i| format!("late-release-{i}"))
-        .find(|r| sequencer(&format!("redlock:{r}"), 3) == 0)
-        .unwrap();
+    let resource = sequenced_on_node_0("late-release");
     let key = format!("redlock:{resource}");
-    let holder = redlock(&nodes);
-    let held = holder.lock(&resource).await.unwrap();
-    let waiter = patient(&nodes);
-    let waiting = {
-        let resource = resource.clone();
-        tokio::spawn(async move {
-            waiter
-                .lock_with(&resource, LockOptions::new().wait(Duration::from_secs(20)))
-                .await
-        })
-    };
+    let held = redlock(&nodes).lock(&resource).await.unwrap();
+    let waiting = wait_for(patient(&nodes), &resource, LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await);
-    for node in nodes.iter().skip(1) {
-        node.query(&["SET", &key, "previous-holder", "PX", "10"])
-            .unwrap();
-    }
-    release_then_served(
-        held,
-        waiting,
-        Duration::from_secs(2),
-        "kept its turn instead of sleeping for its pause",
-    )
-    .await;
+    served_though_the_other_nodes_are_late(&nodes, &key, held, waiting).await;
 }
 
 /// The same for a waiter outside the queue (fenced here; `lock_many` waiters alike): woken by
@@ -364,10 +341,7 @@ async fn a_waiter_in_turn_asks_again_the_nodes_the_release_has_not_reached() {
 #[tokio::test]
 async fn a_woken_fenced_waiter_asks_again_the_nodes_the_release_has_not_reached() {
     let nodes = cluster(3);
-    let resource = (0..)
-        .map(|i| format!("late-fenced-{i}"))
-        .find(|r| sequencer(&format!("redlock:{r}"), 3) == 0)
-        .unwrap();
+    let resource = sequenced_on_node_0("late-fenced");
     let key = format!("redlock:{resource}");
     let held = redlock(&nodes).lock(&resource).await.unwrap();
     let waiter = redlock_with(&nodes, |b| {
@@ -376,15 +350,35 @@ async fn a_woken_fenced_waiter_asks_again_the_nodes_the_release_has_not_reached(
     });
     let waiting = wait_for(waiter, &resource, LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || flagged(&nodes, &resource)).await);
+    served_though_the_other_nodes_are_late(&nodes, &key, held, waiting).await;
+}
+
+/// The first resource `<prefix>-<i>` whose key's sequencer is node 0.
+fn sequenced_on_node_0(prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|r| sequencer(&format!("redlock:{r}"), 3) == 0)
+        .unwrap_or_default()
+}
+
+/// Replaces `key` on every node but its sequencer (node 0) with a foreign value that expires
+/// 10 ms later, releases `held`, and asserts that the waiter (which asked already, with a 5 s
+/// pause) is served within 2 s: its first try after the release finds those nodes held.
+async fn served_though_the_other_nodes_are_late(
+    nodes: &redlock_tests::Cluster,
+    key: &str,
+    held: redlock_core::Lock,
+    waiting: tokio::task::JoinHandle<Result<redlock_core::Lock, redlock_core::Error>>,
+) {
     for node in nodes.iter().skip(1) {
-        node.query(&["SET", &key, "previous-holder", "PX", "10"])
+        node.query(&["SET", key, "previous-holder", "PX", "10"])
             .unwrap();
     }
     release_then_served(
         held,
         waiting,
         Duration::from_secs(2),
-        "kept its wake-up instead of sleeping for its pause",
+        "asked again instead of sleeping for its pause",
     )
     .await;
 }
