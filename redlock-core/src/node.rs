@@ -165,9 +165,11 @@ pub(crate) enum Wake {
     Everyone,
 }
 
-/// What a single-key release on the key's sequencer node does with its wait queue: the queue's
-/// two keys and the waiting flag ([`wait_queue`](scripts::wait_queue),
-/// [`waiting_flag`](scripts::waiting_flag)), and whether to hand the key over.
+/// What a single-key release does beyond compare-and-delete. On the key's sequencer node, with
+/// its wait queue: the queue's two keys and the waiting flag
+/// ([`wait_queue`](scripts::wait_queue), [`waiting_flag`](scripts::waiting_flag)), and whether
+/// to hand the key over. On the other nodes, for a token registered for a hand-over: its
+/// tombstones and the successor to hand the key over to ([`Heir`](QueueRelease::Heir)).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum QueueRelease<'a> {
     /// A lock taken uncontended: wake the head of the queue, if anyone waits
@@ -177,6 +179,9 @@ pub(crate) enum QueueRelease<'a> {
     /// ([`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)), saying whom the holder named to the
     /// other nodes.
     HandOver(&'a [String], Option<&'a Successor>),
+    /// Elsewhere, a token registered for a hand-over
+    /// ([`RELEASE_HEIR`](scripts::RELEASE_HEIR)).
+    Heir(HeirRelease<'a>),
 }
 
 /// The release, on a node other than the key's sequencer, of a token registered for a
@@ -185,8 +190,8 @@ pub(crate) enum QueueRelease<'a> {
 pub(crate) struct HeirRelease<'a> {
     /// Our tombstone, then the successor's when one is named.
     pub(crate) tombstones: &'a [String],
-    /// How long our tombstone lives, in ms.
-    pub(crate) life_ms: u64,
+    /// How long our tombstone lives.
+    pub(crate) life: Duration,
     /// The waiter to hand the key over to, if any.
     pub(crate) successor: Option<&'a Successor>,
 }
@@ -615,10 +620,6 @@ impl Node {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice in its future (see above)"
     )]
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one flat future per node of every release"
-    )]
     pub(crate) fn release(
         &self,
         link: Option<&Link>,
@@ -626,7 +627,6 @@ impl Node {
         token: &str,
         wake: Wake,
         queue: Option<QueueRelease<'_>>,
-        heir: Option<HeirRelease<'_>>,
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, NodeErrorKind>> {
         async move {
@@ -640,21 +640,21 @@ impl Node {
             // uncontended lock's sequencer node the one that wakes waiters only when there are
             // some, and a contended lock's the one that hands the key over to the head of the
             // queue (both given the queue's two keys and the waiting flag).
-            let plain = matches!((keys, wake, queue, heir), ([_], Wake::Nobody, None, None));
-            let script = match (keys, queue, heir) {
+            let plain = matches!((keys, wake, queue), ([_], Wake::Nobody, None));
+            let script = match (keys, queue) {
                 _ if plain => &*scripts::RELEASE_ONE,
-                ([_], Some(QueueRelease::Wake(_)), _) => &*scripts::RELEASE_UNCONTENDED,
-                ([_], Some(QueueRelease::HandOver(..)), _) => &*scripts::RELEASE_CONTENDED,
-                ([_], None, Some(_)) => &*scripts::RELEASE_HEIR,
+                ([_], Some(QueueRelease::Wake(_))) => &*scripts::RELEASE_UNCONTENDED,
+                ([_], Some(QueueRelease::HandOver(..))) => &*scripts::RELEASE_CONTENDED,
+                ([_], Some(QueueRelease::Heir(_))) => &*scripts::RELEASE_HEIR,
                 _ => &*scripts::RELEASE,
             };
             let command = |by_hash: bool| {
                 let mut cmd = script.command(by_hash);
-                match (keys, queue, heir) {
+                match (keys, queue) {
                     _ if plain => {
                         cmd.arg(1).arg(keys).arg(token);
                     }
-                    ([_], Some(QueueRelease::Wake(queue)), _) => {
+                    ([_], Some(QueueRelease::Wake(queue))) => {
                         // The caller's clock: for the lease checks where scripts see none.
                         cmd.arg(1 + queue.len())
                             .arg(keys)
@@ -663,7 +663,7 @@ impl Node {
                             .arg(mode)
                             .arg(wall_clock_millis());
                     }
-                    ([_], Some(QueueRelease::HandOver(queue, successor)), _) => {
+                    ([_], Some(QueueRelease::HandOver(queue, successor))) => {
                         cmd.arg(1 + queue.len())
                             .arg(keys)
                             .arg(queue)
@@ -673,17 +673,12 @@ impl Node {
                             .arg(successor.map_or("", |s| &*s.waiter))
                             .arg(successor.map_or("", |s| &*s.token));
                     }
-                    ([_], None, Some(heir)) => {
-                        let tombstones = if heir.successor.is_some() {
-                            heir.tombstones
-                        } else {
-                            &heir.tombstones[..1]
-                        };
-                        cmd.arg(1 + tombstones.len())
+                    ([_], Some(QueueRelease::Heir(heir))) => {
+                        cmd.arg(1 + heir.tombstones.len())
                             .arg(keys)
-                            .arg(tombstones)
+                            .arg(heir.tombstones)
                             .arg(token)
-                            .arg(heir.life_ms);
+                            .arg(ttl_millis(heir.life));
                         if let Some(successor) = heir.successor {
                             cmd.arg(&*successor.token)
                                 .arg(successor.ttl_ms)

@@ -63,8 +63,8 @@ struct QueueSpot {
     /// The token we registered for a hand-over: leaving frees the key if a release handed it
     /// to this token meanwhile.
     heir: Option<Arc<str>>,
-    /// Our lease in the line (how long a release may still name our token elsewhere).
-    lease: Duration,
+    /// How long the tombstones for that token live (see [`tombstone_life`]).
+    tombstone_life: Duration,
     armed: bool,
 }
 
@@ -82,12 +82,12 @@ impl Drop for QueueSpot {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (shared, key, node, heir, lease) = (
+        let (shared, key, node, heir, life) = (
             self.shared.clone(),
             std::mem::take(&mut self.key),
             self.node,
             self.heir.take(),
-            self.lease,
+            self.tombstone_life,
         );
         runtime.spawn(
             async move {
@@ -98,7 +98,6 @@ impl Drop for QueueSpot {
                 }
                 // A holder may have named our token to the other nodes (see `handover`).
                 if let Some(token) = heir {
-                    let life = tombstone_life(&shared, lease);
                     retire_elsewhere(&shared, &key, node, &token, life).await;
                 }
             }
@@ -119,11 +118,11 @@ async fn retire_elsewhere(
 ) {
     let keys = [key.to_owned()];
     let tombstones = [crate::scripts::tombstone(key, token)];
-    let heir = crate::node::HeirRelease {
+    let heir = crate::node::QueueRelease::Heir(crate::node::HeirRelease {
         tombstones: &tombstones,
-        life_ms: u64::try_from(life.as_millis()).unwrap_or(u64::MAX),
+        life,
         successor: None,
-    };
+    });
     let timeout = shared.settings.node_timeout;
     join_all(
         shared
@@ -137,7 +136,6 @@ async fn retire_elsewhere(
                     &keys,
                     token,
                     crate::node::Wake::Nobody,
-                    None,
                     Some(heir),
                     timeout,
                 )
@@ -159,6 +157,20 @@ fn tombstone_life(shared: &Shared, lease: Duration) -> Duration {
 struct Heard {
     sequencer: Option<Notice>,
     others: Vec<(usize, Notice)>,
+}
+
+impl Heard {
+    /// Adds `notices`, the sequencer node being `first`: the last notice of each node counts.
+    fn record(&mut self, notices: Vec<(usize, Notice)>, first: usize) {
+        for (node, notice) in notices {
+            if node == first {
+                self.sequencer = Some(notice);
+            } else {
+                self.others.retain(|(n, _)| *n != node);
+                self.others.push((node, notice));
+            }
+        }
+    }
 }
 
 /// A hand-over to act on: when the key can have been set for us at the earliest (the start of
@@ -624,6 +636,8 @@ impl Redlock {
         // `scripts::RELEASE_CONTENDED`), used for one hand-over at most, and when we first
         // registered it.
         let mut heir = Heir::fresh();
+        // How long a token we stop using leaves tombstones (see `handover`).
+        let life = tombstone_life(&self.shared, queue_lease(&retry));
         let mut spot: Option<QueueSpot> = None;
         // Set when a message said our turn came (or the lock was released).
         let mut in_turn = false;
@@ -667,7 +681,7 @@ impl Redlock {
                             key: target.keys[0].clone(),
                             node: sequencer(&target.keys[0], self.shared.nodes.len()),
                             heir: None,
-                            lease: queue_lease(&retry),
+                            tombstone_life: life,
                             armed: true,
                         });
                         spot.heir = Some(token.clone());
@@ -678,7 +692,6 @@ impl Redlock {
                         .take()
                         .and_then(|at| heir.registered().map(|token| (token.clone(), at)));
                     if let Some((token, handed)) = handed {
-                        let life = tombstone_life(&self.shared, queue_lease(&retry));
                         let outcome = self.attempt_handed(&target, ttl, token, handed, life).await;
                         // Won or lost, the registered token served its one hand-over.
                         heir = Heir::fresh();
@@ -775,8 +788,6 @@ impl Redlock {
                                     if elsewhere {
                                         // Named elsewhere, not handed over by the sequencer:
                                         // free those nodes for whoever it turned to.
-                                        let life =
-                                            tombstone_life(&self.shared, queue_lease(&retry));
                                         retire_elsewhere(
                                             &self.shared,
                                             &target.keys[0],
@@ -977,32 +988,20 @@ impl Redlock {
         let until = tokio::time::Instant::now() + self.shared.settings.node_timeout / 4;
         let mut heard = Heard::default();
         loop {
-            for (node, notice) in watch.notices(token) {
-                if node == first {
-                    heard.sequencer = Some(notice);
-                } else {
-                    heard.others.retain(|(n, _)| *n != node);
-                    heard.others.push((node, notice));
-                }
-            }
+            heard.record(watch.notices(token), first);
             let more = match &heard.sequencer {
                 Some(notice) => notice.marked && heard.others.len() + 1 < quorum,
                 None => !heard.others.is_empty(),
             };
-            if !more
-                || tokio::time::timeout_at(until, watch.notified())
-                    .await
-                    .is_err()
+            if !more {
+                return heard;
+            }
+            if tokio::time::timeout_at(until, watch.notified())
+                .await
+                .is_err()
             {
-                if more {
-                    // Late notices are for the next wake-up's `notices` (or none).
-                    heard.others.extend(
-                        watch
-                            .notices(token)
-                            .into_iter()
-                            .filter(|(node, _)| *node != first),
-                    );
-                }
+                // Whatever came in the meantime without a wake-up of its own.
+                heard.record(watch.notices(token), first);
                 return heard;
             }
         }

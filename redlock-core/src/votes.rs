@@ -870,28 +870,18 @@ impl NodeRelease {
                 (tombstones, heir.life)
             });
         async move {
-            let queue = queue.as_ref().map(|keys| {
-                if hand_over {
-                    QueueRelease::HandOver(&keys[..], successor)
-                } else {
-                    QueueRelease::Wake(&keys[..])
-                }
-            });
-            let heir = heir.as_ref().map(|(tombstones, life)| HeirRelease {
-                tombstones,
-                life_ms: u64::try_from(life.as_millis()).unwrap_or(u64::MAX),
-                successor,
-            });
+            let queue = match (&queue, &heir) {
+                (Some(keys), _) if hand_over => Some(QueueRelease::HandOver(&keys[..], successor)),
+                (Some(keys), _) => Some(QueueRelease::Wake(&keys[..])),
+                (None, Some((tombstones, life))) => Some(QueueRelease::Heir(HeirRelease {
+                    tombstones,
+                    life: *life,
+                    successor,
+                })),
+                (None, None) => None,
+            };
             self.shared.nodes[self.index]
-                .release(
-                    link,
-                    &self.keys,
-                    &self.value,
-                    self.wake,
-                    queue,
-                    heir,
-                    timeout,
-                )
+                .release(link, &self.keys, &self.value, self.wake, queue, timeout)
                 .await
         }
     }
