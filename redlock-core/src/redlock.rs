@@ -564,22 +564,16 @@ impl Redlock {
         if !self.shared.notifier.is_watched(&target.keys[0])
             && let Some(turn) = self.shared.local.try_turn(&target.queue)
         {
+            let mut refused = Refused::default();
             let outcome = self
-                .attempt(
-                    &target,
-                    ttl,
-                    fenced,
-                    Approach::Parallel,
-                    None,
-                    &mut Refused::default(),
-                )
+                .attempt(&target, ttl, fenced, Approach::Parallel, None, &mut refused)
                 .await;
             match outcome {
                 Ok(lock) => {
                     lock.hold_turn(turn);
                     return Ok(lock);
                 }
-                Err(error) => first = Some((turn, error)),
+                Err(error) => first = Some((turn, error, refused)),
             }
         }
         Box::pin(self.lock_waiting(target, options, ttl, fenced, started, first)).await
@@ -596,7 +590,7 @@ impl Redlock {
         ttl: Duration,
         fenced: bool,
         started: Instant,
-        first: Option<(Turn, Error)>,
+        first: Option<(Turn, Error, Refused)>,
     ) -> Result<Lock> {
         let retry = options.retry.unwrap_or(self.shared.settings.retry);
         // With `wait`, time bounds everything; otherwise the attempt count bounds the retries
@@ -611,7 +605,7 @@ impl Redlock {
         // Queue behind the other tasks of this process that want the same lock: only the head
         // of the line talks to the nodes, and a local release wakes the next one at once.
         let (turn, mut first) = match first {
-            Some((turn, error)) => (turn, Some(error)),
+            Some((turn, error, refused)) => (turn, Some((error, refused))),
             None => match self.shared.local.turn(&target.queue, until).await {
                 Some(turn) => (turn, None),
                 None => {
@@ -648,7 +642,10 @@ impl Redlock {
             let mut refused = Refused::default();
             let outcome = match first.take() {
                 // The first round, already asked (see `lock_resources`): every node at once.
-                Some(error) => Err(error),
+                Some((error, first_refused)) => {
+                    refused = first_refused;
+                    Err(error)
+                }
                 None => {
                     // Once the lock is known to be contended by other processes (now, or moments
                     // ago), attempts go to one node first: see `Votes::send_first`.
@@ -724,7 +721,11 @@ impl Redlock {
                         && attempt < attempts
                         && (!timed || Instant::now() < until) =>
                 {
-                    let Refused { queued, handed } = refused;
+                    let Refused {
+                        queued,
+                        handed,
+                        held,
+                    } = refused;
                     debug!(attempt, error = %err, ?queued, handed, "attempt failed");
                     attempt += 1;
                     if handed {
@@ -738,7 +739,7 @@ impl Redlock {
                         });
                         continue;
                     }
-                    if err.is_contended() && watch.is_none() {
+                    if (err.is_contended() || held) && watch.is_none() {
                         // Held by another process: listen for its release, then try once more
                         // at once, in case it was released before we listened (unless we were
                         // listening all along: the channel was still subscribed).
@@ -967,15 +968,21 @@ impl Redlock {
         // Not boxed: this is every uncontended lock's path. An attempt the sequencer node
         // granted first (in turn, or a woken waiter outside the queue) asks the other nodes
         // again if the release has not reached them yet.
-        self.conclude(
-            target,
-            ttl,
-            fenced,
-            approach != Approach::Parallel,
-            t1,
-            &mut guard,
-        )
-        .await
+        let outcome = self
+            .conclude(
+                target,
+                ttl,
+                fenced,
+                approach != Approach::Parallel,
+                t1,
+                &mut guard,
+            )
+            .await;
+        if outcome.is_err() {
+            // A failed attempt keeps its votes in the guard until it is dropped.
+            refused.held = guard.votes.as_ref().is_some_and(Votes::saw_held);
+        }
+        outcome
     }
 
     /// After a wake-up, collects the hand-over notices for our registered `token`: once the
@@ -1246,7 +1253,8 @@ impl Redlock {
     }
 }
 
-/// Why the sequencer node refused an attempt, when it did.
+/// Why an attempt was refused: what the sequencer node said, when it did, and whether any node
+/// said the key was taken.
 #[derive(Clone, Copy, Debug, Default)]
 struct Refused {
     /// Our place in the key's wait queue.
@@ -1254,6 +1262,11 @@ struct Refused {
     /// A release handed the key over to the token we registered: the node's vote is ours for
     /// that token instead.
     handed: bool,
+    /// Some node answered that another token holds the key. A vote is lost as
+    /// [`Error::NoQuorum`] as soon as too few nodes are left for a quorum, so one "held" and
+    /// one node down fail it before a second "held" can make it [`Error::Contended`]; the key
+    /// is taken all the same, and waiting for its release beats polling.
+    held: bool,
 }
 
 /// How an attempt asks the nodes.

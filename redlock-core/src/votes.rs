@@ -246,6 +246,11 @@ impl Votes {
         self.queued
     }
 
+    /// Some node answered that another token holds the key.
+    pub(crate) fn saw_held(&self) -> bool {
+        self.busy > 0
+    }
+
     fn unsent(
         shared: &Shared,
         keys: &Keys,

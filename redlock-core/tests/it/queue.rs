@@ -230,6 +230,43 @@ async fn a_dead_sequencer_node_costs_only_the_order() {
     lock.release().await.unwrap();
 }
 
+/// A node other than the key's sequencer is down, the case Redlock is built for: a waiter
+/// still stands in the sequencer's line and is served when the lock is released, not at its
+/// 5 s retry pause. Its first attempt hears "held" from one node and an error from the dead one,
+/// which is as much contention as two "held": the live node it did not count holds the key too.
+#[tokio::test]
+async fn a_dead_node_elsewhere_leaves_waiters_in_line() {
+    let nodes = cluster(3);
+    let resource = (0..)
+        .map(|i| format!("half-dark-{i}"))
+        .find(|r| sequencer(&format!("redlock:{r}"), 3) == 0)
+        .unwrap();
+    let key = format!("redlock:{resource}");
+    // Both clients are connected when the node dies, so their commands to it fail at once.
+    let (holder, waiter) = (redlock(&nodes), patient(&nodes));
+    holder.connect().await.unwrap();
+    waiter.connect().await.unwrap();
+    nodes[2].kill().unwrap();
+    let held = holder
+        .lock(&resource)
+        .await
+        .expect("two nodes are a quorum");
+    let waiting = wait_for(waiter, &resource, LockOptions::new());
+    assert!(
+        eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await,
+        "the waiter stands in line"
+    );
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("served by the live nodes");
+    assert!(
+        released.elapsed() < Duration::from_secs(3),
+        "served {:?} after the release: polling at the retry pause",
+        released.elapsed()
+    );
+    lock.release().await.unwrap();
+}
+
 /// A release wakes exactly one waiter in another process, the one whose turn it is. Three
 /// waiters stand in line; `MONITOR` on the sequencer node shows the release script's turn
 /// messages: one, to the first waiter, while the two others stay in line. A release that woke
