@@ -1089,35 +1089,17 @@ impl Redlock {
         let keys = &target.keys;
         let resource = target.name.as_str();
         let deadline = timing::deadline(t1, ttl, settings.drift(ttl));
-        let mut outcome = match guard.votes.as_mut() {
-            Some(votes) => self.decide(votes, resource, &keys[0], value, fenced).await,
+        // In turn (the sequencer node granted it first), nodes the previous holder's release
+        // has not reached yet are asked again shortly: giving up would hand our turn to the
+        // next waiter and put us to sleep for a whole pause.
+        let in_turn = in_turn.then_some(deadline);
+        let outcome = match guard.votes.as_mut() {
+            Some(votes) => {
+                self.decide(votes, resource, &keys[0], value, fenced, in_turn)
+                    .await
+            }
             None => Err(Error::EmptyKey),
         };
-        if in_turn && let Some(votes) = guard.votes.as_mut() {
-            // Our turn came and the sequencer node granted it, but other nodes still hold the
-            // previous holder's key: its release reached the sequencer node (which woke us)
-            // before them. Giving up here would hand our turn to the next waiter and put us to
-            // sleep for a whole pause, so those nodes are asked again, a few times, shortly.
-            for pause in IN_TURN_PAUSES {
-                if !matches!(outcome, Err(Error::Contended { .. }))
-                    || !votes.first_granted()
-                    || !timing::still_valid(deadline, Instant::now(), settings.min_validity)
-                {
-                    break;
-                }
-                if !pause.is_zero() {
-                    Box::pin(tokio::time::sleep(pause)).await;
-                }
-                if !votes.ask_busy_again(&self.shared) {
-                    break;
-                }
-                debug!(
-                    ?pause,
-                    "in turn, but other nodes are still held: asking them again"
-                );
-                outcome = self.decide(votes, resource, &keys[0], value, fenced).await;
-            }
-        }
         let outcome = outcome.and_then(|fence| {
             if timing::still_valid(deadline, Instant::now(), settings.min_validity) {
                 Ok(fence)
@@ -1183,7 +1165,8 @@ impl Redlock {
     }
 
     /// Collects votes until the outcome is known; with fencing, runs phase 2. Returns the fence
-    /// token (if fenced) when a quorum granted.
+    /// token (if fenced) when a quorum granted. `in_turn`, the deadline of a waiter's attempt
+    /// that the sequencer node granted first: see [`Votes::decide_in_turn`].
     async fn decide(
         &self,
         votes: &mut Votes,
@@ -1191,9 +1174,18 @@ impl Redlock {
         key: &str,
         value: &str,
         fenced: bool,
+        in_turn: Option<Instant>,
     ) -> Result<Option<FencingToken>> {
         let quorum = self.shared.settings.quorum;
-        let (granted, tally) = votes.decide(&self.shared).await;
+        let (granted, tally) = match in_turn {
+            // Boxed: contended only, and every lock's future holds this one.
+            Some(deadline) => {
+                let min_validity = self.shared.settings.min_validity;
+                let may_ask = || timing::still_valid(deadline, Instant::now(), min_validity);
+                Box::pin(votes.decide_in_turn(&self.shared, &IN_TURN_PAUSES, may_ask)).await
+            }
+            None => votes.decide(&self.shared).await,
+        };
         if !granted {
             debug!(
                 acquired = tally.acquired,

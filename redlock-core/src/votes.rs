@@ -17,7 +17,7 @@ use std::{
 };
 
 use futures_util::FutureExt;
-use tracing::Instrument;
+use tracing::{Instrument, debug};
 
 use crate::{
     error::{NodeError, NodeErrorKind},
@@ -460,6 +460,81 @@ impl Votes {
                         busy: self.busy,
                     },
                 );
+            }
+        }
+    }
+
+    /// [`decide`](Votes::decide) for a waiter whose turn came, once the sequencer node granted
+    /// it. A node that said the key is still held has most likely not seen the previous
+    /// holder's release yet (it reached the sequencer node, which woke us, first): it is asked
+    /// again after each of `pauses` while `may_ask` (validity left), and counts as a vote still
+    /// to come until they run out. The asks do not wait for the nodes that have not answered
+    /// (beyond the first pause, when those could still make the quorum): a paused node would
+    /// hold them back for its whole node timeout, and a dead one would lose the vote before any
+    /// ask.
+    pub(crate) async fn decide_in_turn(
+        &mut self,
+        shared: &Arc<Shared>,
+        pauses: &[Duration],
+        may_ask: impl Fn() -> bool,
+    ) -> (bool, Tally) {
+        let quorum = shared.settings.quorum;
+        let mut pauses = pauses.iter();
+        let mut asking: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            let acquired = self.count(Holds::Yes);
+            let held = self.count(Holds::Busy);
+            // While the nodes that have not answered could still make the quorum, they get a
+            // moment first: a healthy one answers well within the first pause that is not zero,
+            // and asking the held nodes again would be a command for nothing.
+            let others_may_do = acquired + self.unanswered() >= quorum;
+            if asking.is_none()
+                && held > 0
+                && self.first_granted()
+                && may_ask()
+                && let Some(pause) = pauses.find(|p| !(p.is_zero() && others_may_do))
+            {
+                if pause.is_zero() {
+                    debug!("in turn, but other nodes are still held: asking them again");
+                    self.ask_busy_again(shared);
+                    continue;
+                }
+                asking = Some(Box::pin(tokio::time::sleep(*pause)));
+            }
+            let to_come = self.unanswered() + if asking.is_some() { held } else { 0 };
+            if let Some(granted) = crate::timing::decide(acquired, to_come, quorum) {
+                self.drain(shared);
+                return (
+                    granted,
+                    Tally {
+                        acquired,
+                        busy: self.busy,
+                    },
+                );
+            }
+            let asked = match asking.as_mut() {
+                Some(pause) => {
+                    let replied = async {
+                        if !self.next(shared).await {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        () = replied => false,
+                        () = pause => true,
+                    }
+                }
+                None => {
+                    // `to_come` counts only unanswered SETs here, so one is pending.
+                    self.next(shared).await;
+                    false
+                }
+            };
+            if asked {
+                asking = None;
+                debug!("in turn, but other nodes are still held: asking them again");
+                self.ask_busy_again(shared);
             }
         }
     }

@@ -368,7 +368,7 @@ async fn a_waiter_in_turn_asks_again_the_nodes_the_release_has_not_reached() {
     let held = redlock(&nodes).lock(&resource).await.unwrap();
     let waiting = wait_for(patient(&nodes), &resource, LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await);
-    served_though_the_other_nodes_are_late(&nodes, &key, held, waiting).await;
+    served_though_the_other_nodes_are_late(&nodes, &key, &[1, 2], held, waiting).await;
 }
 
 /// The same for a waiter outside the queue (fenced here; `lock_many` waiters alike): woken by
@@ -387,7 +387,58 @@ async fn a_woken_fenced_waiter_asks_again_the_nodes_the_release_has_not_reached(
     });
     let waiting = wait_for(waiter, &resource, LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || flagged(&nodes, &resource)).await);
-    served_though_the_other_nodes_are_late(&nodes, &key, held, waiting).await;
+    served_though_the_other_nodes_are_late(&nodes, &key, &[1, 2], held, waiting).await;
+}
+
+/// The same with the third node dead: woken in turn, the waiter has the sequencer's vote, a
+/// "held" from the late node and an error from the dead one, which loses the vote before the
+/// late node is asked again unless "held" counts for asking again as it does with three live
+/// nodes.
+#[tokio::test]
+async fn a_waiter_in_turn_asks_a_late_node_again_while_another_is_dead() {
+    let nodes = cluster(3);
+    let resource = sequenced_on_node_0("late-and-dead");
+    let key = format!("redlock:{resource}");
+    let (holder, waiter) = (redlock(&nodes), patient(&nodes));
+    holder.connect().await.unwrap();
+    waiter.connect().await.unwrap();
+    let held = holder.lock(&resource).await.unwrap();
+    nodes[2].kill().unwrap();
+    let waiting = wait_for(waiter, &resource, LockOptions::new());
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await);
+    served_though_the_other_nodes_are_late(&nodes, &key, &[1], held, waiting).await;
+}
+
+/// The same with the third node paused, and a node timeout of 3 s: the waiter asks the late
+/// node again while the paused node's SET is still pending, instead of waiting out its node
+/// timeout first.
+#[tokio::test]
+async fn a_waiter_in_turn_asks_a_late_node_again_while_another_is_paused() {
+    let nodes = cluster(3);
+    let resource = sequenced_on_node_0("late-and-paused");
+    let key = format!("redlock:{resource}");
+    let waiter = redlock_with(&nodes, |b| {
+        b.node_timeout(Duration::from_secs(3)).retry(Retry::new(
+            1_000,
+            Duration::from_secs(5),
+            Duration::ZERO,
+        ))
+    });
+    waiter.connect().await.unwrap();
+    let held = redlock(&nodes).lock(&resource).await.unwrap();
+    nodes[2].pause().unwrap();
+    let waiting = wait_for(waiter, &resource, LockOptions::new());
+    // Only the sequencer is asked: a query to the paused node would wait for its timeout.
+    let in_line = || {
+        nodes[0]
+            .query(&["LLEN", &format!("{key}:line")])
+            .ok()
+            .and_then(|r| r.as_int())
+            == Some(1)
+    };
+    assert!(eventually(Duration::from_secs(5), in_line).await);
+    served_though_the_other_nodes_are_late(&nodes, &key, &[1], held, waiting).await;
+    nodes[2].resume().unwrap();
 }
 
 /// The first resource `<prefix>-<i>` whose key's sequencer is node 0.
@@ -398,17 +449,19 @@ fn sequenced_on_node_0(prefix: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Replaces `key` on every node but its sequencer (node 0) with a foreign value that expires
-/// 10 ms later, releases `held`, and asserts that the waiter (which asked already, with a 5 s
-/// pause) is served within 2 s: its first try after the release finds those nodes held.
+/// Replaces `key` on the nodes `late` (not its sequencer, node 0) with a foreign value that
+/// expires 10 ms later, releases `held`, and asserts that the waiter (which asked already, with
+/// a 5 s pause) is served within 2 s: its first try after the release finds those nodes held.
 async fn served_though_the_other_nodes_are_late(
     nodes: &redlock_tests::Cluster,
     key: &str,
+    late: &[usize],
     held: redlock_core::Lock,
     waiting: tokio::task::JoinHandle<Result<redlock_core::Lock, redlock_core::Error>>,
 ) {
-    for node in nodes.iter().skip(1) {
-        node.query(&["SET", key, "previous-holder", "PX", "10"])
+    for &node in late {
+        nodes[node]
+            .query(&["SET", key, "previous-holder", "PX", "10"])
             .unwrap();
     }
     release_then_served(
