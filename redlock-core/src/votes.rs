@@ -469,9 +469,9 @@ impl Votes {
     /// holder's release yet (it reached the sequencer node, which woke us, first): it is asked
     /// again after each of `pauses` while `may_ask` (validity left), and counts as a vote still
     /// to come until they run out. The asks do not wait for the nodes that have not answered
-    /// (beyond the first pause, when those could still make the quorum): a paused node would
-    /// hold them back for its whole node timeout, and a dead one would lose the vote before any
-    /// ask.
+    /// (beyond a quarter of the node timeout, when those could still make the quorum): a paused
+    /// node would hold them back for its whole node timeout, and a dead one would lose the vote
+    /// before any ask.
     pub(crate) async fn decide_in_turn(
         &mut self,
         shared: &Arc<Shared>,
@@ -480,26 +480,39 @@ impl Votes {
     ) -> (bool, Tally) {
         let quorum = shared.settings.quorum;
         let mut pauses = pauses.iter();
-        let mut asking: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // The next ask's pause, and whether it gives the unanswered nodes their chance first.
+        let mut asking: Option<(Pin<Box<tokio::time::Sleep>>, bool)> = None;
         loop {
             let acquired = self.count(Holds::Yes);
             let held = self.count(Holds::Busy);
             // While the nodes that have not answered could still make the quorum, they get a
-            // moment first: a healthy one answers well within the first pause that is not zero,
-            // and asking the held nodes again would be a command for nothing.
+            // quarter of the node timeout first (as a straggler does): a healthy one answers
+            // well within it, and asking the held nodes again would only add commands.
             let others_may_do = acquired + self.unanswered() >= quorum;
-            if asking.is_none()
-                && held > 0
-                && self.first_granted()
-                && may_ask()
-                && let Some(pause) = pauses.find(|p| !(p.is_zero() && others_may_do))
+            if asking
+                .as_ref()
+                .is_some_and(|(_, patient)| *patient && !others_may_do)
             {
-                if pause.is_zero() {
-                    debug!("in turn, but other nodes are still held: asking them again");
-                    self.ask_busy_again(shared);
-                    continue;
+                // They answered without making it: the held nodes are the way now.
+                asking = None;
+            }
+            if asking.is_none() && held > 0 && self.first_granted() && may_ask() {
+                let pause = if others_may_do {
+                    Some(shared.settings.node_timeout / 4)
+                } else {
+                    pauses.next().copied()
+                };
+                match pause {
+                    Some(pause) if pause.is_zero() => {
+                        debug!("in turn, but other nodes are still held: asking them again");
+                        self.ask_busy_again(shared);
+                        continue;
+                    }
+                    Some(pause) => {
+                        asking = Some((Box::pin(tokio::time::sleep(pause)), others_may_do));
+                    }
+                    None => {}
                 }
-                asking = Some(Box::pin(tokio::time::sleep(*pause)));
             }
             let to_come = self.unanswered() + if asking.is_some() { held } else { 0 };
             if let Some(granted) = crate::timing::decide(acquired, to_come, quorum) {
@@ -513,7 +526,7 @@ impl Votes {
                 );
             }
             let asked = match asking.as_mut() {
-                Some(pause) => {
+                Some((pause, _)) => {
                     let replied = async {
                         if !self.next(shared).await {
                             std::future::pending::<()>().await;

@@ -424,8 +424,11 @@ async fn a_waiter_in_turn_asks_a_late_node_again_while_another_is_paused() {
             Duration::ZERO,
         ))
     });
+    // Both connected: a holder still dialling a node could lose it to the waiter's first ask.
+    let holder = redlock(&nodes);
+    holder.connect().await.unwrap();
     waiter.connect().await.unwrap();
-    let held = redlock(&nodes).lock(&resource).await.unwrap();
+    let held = holder.lock(&resource).await.unwrap();
     nodes[2].pause().unwrap();
     let waiting = wait_for(waiter, &resource, LockOptions::new());
     // Only the sequencer is asked: a query to the paused node would wait for its timeout.
