@@ -197,17 +197,15 @@ impl Notifier {
         if !fresh.is_empty() {
             let watched = &self.watched;
             if in_turn {
-                // Every node may hand the key over to us in one trip (see `handover`).
-                join_all(
-                    self.feeds
-                        .iter()
-                        .map(|feed| feed.subscribe(&fresh, watched)),
-                )
-                .await;
-            } else if let Some(feed) = self.feeds.get(node).or_else(|| self.feeds.first()) {
-                // One node is enough to hear a release (the sequencer announces it), and one
-                // message per release per waiter keeps a crowd of waiters from waking three
-                // times each.
+                // Every node may hand the key over to us in one trip (see `handover`), but only
+                // the sequencer's message is needed: the others are listened to in the
+                // background, so that a slow or paused node costs the waiter nothing.
+                self.listen_elsewhere(&fresh, node);
+            }
+            if let Some(feed) = self.feeds.get(node).or_else(|| self.feeds.first()) {
+                // Awaited: the sequencer's message is the one that wakes a waiter. A waiter
+                // outside the queue listens there only: one message per release per waiter
+                // keeps a crowd of waiters from waking three times each.
                 feed.subscribe(&fresh, watched).await;
             }
         }
@@ -217,6 +215,41 @@ impl Notifier {
             notify,
             fresh: !fresh.is_empty(),
         }
+    }
+}
+
+impl Notifier {
+    /// Subscribes `channels` on every node but `node`, in a task of its own (each subscription
+    /// bounded by the node timeout). A channel whose last watch ended meanwhile may have been
+    /// unsubscribed already (see [`linger`]), before this subscription landed: once done, the
+    /// channels nobody listens on any more are unsubscribed again.
+    fn listen_elsewhere(self: &Arc<Self>, channels: &[String], node: usize) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (notifier, channels) = (self.clone(), channels.to_vec());
+        runtime.spawn(async move {
+            let others = || {
+                notifier
+                    .feeds
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, _)| *index != node)
+                    .map(|(_, feed)| feed)
+            };
+            join_all(others().map(|feed| feed.subscribe(&channels, &notifier.watched))).await;
+            let gone: Vec<String> = match notifier.watched.lock() {
+                Ok(watched) => channels
+                    .iter()
+                    .filter(|ch| !watched.contains_key(*ch))
+                    .cloned()
+                    .collect(),
+                Err(_) => return,
+            };
+            if !gone.is_empty() {
+                join_all(others().map(|feed| feed.unsubscribe(&gone))).await;
+            }
+        });
     }
 }
 

@@ -22,7 +22,14 @@ async fn held_with_a_successor(
 ) -> (Lock, Waiting) {
     let key = format!("redlock:{resource}");
     let first = taken_in_turn(nodes, resource).await;
-    let holder = wait_for(patient(nodes), resource, LockOptions::new());
+    // A 2 s node timeout: a claim of the holder's that meets the first holder's key (its release
+    // has not reached that node yet) is asked again only after half a second, long after the
+    // other claims answered, so the nodes that hold the holder's token are settled when read.
+    let holder = wait_for(
+        slow_to_fall_back(nodes, Duration::from_secs(5)),
+        resource,
+        LockOptions::new(),
+    );
     assert!(eventually(Duration::from_secs(5), || queued(nodes, &key) == 1).await);
     let next = wait_for(successor, resource, LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || queued(nodes, &key) == 2).await);
@@ -214,6 +221,45 @@ async fn a_successor_counts_its_validity_from_the_ask_the_holder_named() {
     assert!(
         left < Duration::from_millis(8_400),
         "{left:?} left: validity counted from a later ask"
+    );
+    lock.release().await.unwrap();
+}
+
+/// A waiter does not wait for its subscriptions on the nodes other than the sequencer: those
+/// only add the one-trip hand-over. Here one of them is paused (it accepts connections and
+/// never answers), the node timeout is 2 s, and the lock is released 100 ms after the waiter
+/// asked: the waiter is served well within the 2 s a blocking subscription would cost it.
+#[tokio::test]
+async fn a_waiter_does_not_wait_for_a_paused_node_to_listen() {
+    let nodes = cluster(3);
+    let key = "redlock:paused";
+    let holder = redlock_with(&nodes, |b| b.node_timeout(Duration::from_secs(2)));
+    let held = holder.lock("paused").await.unwrap();
+    let paused = others(&nodes, key).next().expect("another node");
+    paused.pause().unwrap();
+    let waiter = slow_to_fall_back(&nodes, Duration::from_secs(5));
+    let asked = std::time::Instant::now();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .lock_with("paused", LockOptions::new().wait(Duration::from_secs(20)))
+            .await
+    });
+    // Only the sequencer is asked: a query to the paused node would wait for its timeout.
+    let seq = &nodes[usize::try_from(sequencer(key, 3)).unwrap()];
+    let in_line = || {
+        seq.query(&["LLEN", "redlock:paused:line"])
+            .ok()
+            .and_then(|r| r.as_int())
+            == Some(1)
+    };
+    assert!(eventually(Duration::from_secs(5), in_line).await);
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("served");
+    let waited = asked.elapsed();
+    paused.resume().unwrap();
+    assert!(
+        waited < Duration::from_millis(1_500),
+        "waited {waited:?}: held up by the paused node's subscription"
     );
     lock.release().await.unwrap();
 }
