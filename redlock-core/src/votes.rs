@@ -437,19 +437,7 @@ impl Votes {
         loop {
             let acquired = self.count(Holds::Yes);
             if let Some(granted) = crate::timing::decide(acquired, self.unanswered(), quorum) {
-                // Every SET still unanswered gets a poll now, and with it its first if it had
-                // none, which is what puts it on its connection: a pass of `next` stops at the
-                // first reply, so a SET polled after it (the sequencer node's, polled last) may
-                // not have gone out when the vote was decided, and would then wait for the
-                // release (found under load: the lock held on two nodes of three for its life).
-                self.drain(shared);
-                return (
-                    granted,
-                    Tally {
-                        acquired,
-                        busy: self.busy,
-                    },
-                );
+                return self.decided(shared, granted, acquired);
             }
             if !self.next(shared).await {
                 // Unreachable in practice: with nothing pending, `decide` always decides.
@@ -462,6 +450,22 @@ impl Votes {
                 );
             }
         }
+    }
+
+    /// The end of a vote: its outcome and tally. Every SET still unanswered gets a poll first,
+    /// and with it its first if it had none, which is what puts it on its connection: a pass of
+    /// `next` stops at the first reply, so a SET polled after it (the sequencer node's, polled
+    /// last) may not have gone out when the vote was decided, and would then wait for the
+    /// release (found under load: the lock held on two nodes of three for its life).
+    fn decided(&mut self, shared: &Shared, granted: bool, acquired: usize) -> (bool, Tally) {
+        self.drain(shared);
+        (
+            granted,
+            Tally {
+                acquired,
+                busy: self.busy,
+            },
+        )
     }
 
     /// [`decide`](Votes::decide) for a waiter whose turn came, once the sequencer node granted
@@ -516,14 +520,7 @@ impl Votes {
             }
             let to_come = self.unanswered() + if asking.is_some() { held } else { 0 };
             if let Some(granted) = crate::timing::decide(acquired, to_come, quorum) {
-                self.drain(shared);
-                return (
-                    granted,
-                    Tally {
-                        acquired,
-                        busy: self.busy,
-                    },
-                );
+                return self.decided(shared, granted, acquired);
             }
             let asked = match asking.as_mut() {
                 Some((pause, _)) => {
