@@ -120,7 +120,14 @@
 //! (`handover::a_named_successor_that_left_is_not_handed_the_key`), and one that hears only the
 //! sequencer claims the other nodes (`handover::a_successor_deaf_to_the_other_nodes_claims_them`).
 //! The queue only orders who asks first: a lock still needs a quorum of nodes holding its token,
-//! each set by an atomic compare on that node. The retry pause is only a fallback bound.
+//! each set by an atomic compare on that node. A node down other than the sequencer changes none
+//! of this: a waiter that heard "held" from any node stands in line
+//! (`queue::a_dead_node_elsewhere_leaves_waiters_in_line`), one whose turn came asks the nodes
+//! the release has not reached yet again without waiting for a dead or paused one
+//! (`queue::a_waiter_in_turn_asks_a_late_node_again_while_another_is_paused`), and a paused node
+//! does not hold up a waiter's subscriptions
+//! (`handover::a_waiter_does_not_wait_for_a_paused_node_to_listen`). The retry pause is only a
+//! fallback bound.
 //! Auto-extended locks are renewed in batches of up to 100 per node and script call.
 //!
 //! # Fencing
