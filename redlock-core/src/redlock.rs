@@ -618,6 +618,8 @@ impl Redlock {
         };
         let mut attempt = 1;
         let mut watch = None;
+        // The key's sequencer node failed to answer an attempt (and has not answered since).
+        let mut sequencer_down = false;
         // Single-resource locks without fencing wait in the key's queue on the sequencer node
         // (see `notify`); `spot` leaves it if we give up.
         let fair = (target.keys.len() == 1 && !fenced).then(|| Fair {
@@ -648,9 +650,11 @@ impl Redlock {
                 }
                 None => {
                     // Once the lock is known to be contended by other processes (now, or moments
-                    // ago), attempts go to one node first: see `Votes::send_first`.
-                    let sequenced =
-                        watch.is_some() || self.shared.notifier.is_watched(&target.keys[0]);
+                    // ago), attempts go to one node first: see `Votes::send_first`. Not while
+                    // that node is down or paused: nobody can stand in its line then, and asking
+                    // it first would only add its node timeout to every attempt.
+                    let sequenced = !sequencer_down
+                        && (watch.is_some() || self.shared.notifier.is_watched(&target.keys[0]));
                     let approach = match (sequenced, in_turn && fair.is_some()) {
                         (false, _) => Approach::Parallel,
                         (true, false) => Approach::Sequenced,
@@ -725,7 +729,11 @@ impl Redlock {
                         queued,
                         handed,
                         held,
+                        sequencer: answered,
                     } = refused;
+                    // Sticky until the sequencer answers again: an attempt decided before its
+                    // reply came says nothing about it.
+                    sequencer_down = answered.map_or(sequencer_down, |answered| !answered);
                     debug!(attempt, error = %err, ?queued, handed, "attempt failed");
                     attempt += 1;
                     if handed {
@@ -941,6 +949,7 @@ impl Redlock {
             // lock is ours only in turn, never by a quorum of the other nodes alone.
             votes.send_rest(&self.shared);
             votes.settle_node(&self.shared, votes.first()).await;
+            refused.sequencer = votes.sequencer_answered();
             if let Some(place) = votes.queued() {
                 refused.queued = Some(place);
                 return Box::pin(self.refuse(&mut guard, &target.name, keys, &value)).await;
@@ -953,7 +962,9 @@ impl Redlock {
         if approach == Approach::Sequenced
             && let Some(votes) = guard.votes.as_mut()
         {
-            if votes.first_is_busy(&self.shared).await {
+            let busy = votes.first_is_busy(&self.shared).await;
+            refused.sequencer = votes.sequencer_answered();
+            if busy {
                 refused.queued = votes.queued();
                 refused.handed = votes.handed();
                 // Another waiter got through first (or the holder is still there): nothing of
@@ -978,9 +989,12 @@ impl Redlock {
                 &mut guard,
             )
             .await;
-        if outcome.is_err() {
+        if outcome.is_err()
+            && let Some(votes) = guard.votes.as_ref()
+        {
             // A failed attempt keeps its votes in the guard until it is dropped.
-            refused.held = guard.votes.as_ref().is_some_and(Votes::saw_held);
+            refused.held = votes.saw_held();
+            refused.sequencer = votes.sequencer_answered();
         }
         outcome
     }
@@ -1259,6 +1273,9 @@ struct Refused {
     /// one node down fail it before a second "held" can make it [`Error::Contended`]; the key
     /// is taken all the same, and waiting for its release beats polling.
     held: bool,
+    /// Whether the key's sequencer node answered (`Some(true)`), failed to (`Some(false)`: down
+    /// or paused past its node timeout), or had not yet when the attempt ended.
+    sequencer: Option<bool>,
 }
 
 /// How an attempt asks the nodes.

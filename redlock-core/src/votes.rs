@@ -95,6 +95,9 @@ pub(crate) struct Votes {
     busy: usize,
     /// Our place in the key's wait queue, when the sequencer node refused us for it.
     queued: Option<u32>,
+    /// Whether the key's sequencer node answered its SET (`Some(true)`) or failed to
+    /// (`Some(false)`: down, or paused past its node timeout); `None` while it has not.
+    sequencer_answered: Option<bool>,
     /// The sequencer node answered that a release handed the key over to the token we
     /// registered ([`Vote::Handed`]).
     handed: bool,
@@ -246,6 +249,11 @@ impl Votes {
         self.queued
     }
 
+    /// Whether the key's sequencer node answered its SET, failed to, or (`None`) neither yet.
+    pub(crate) fn sequencer_answered(&self) -> Option<bool> {
+        self.sequencer_answered
+    }
+
     /// Some node answered that another token holds the key.
     pub(crate) fn saw_held(&self) -> bool {
         self.busy > 0
@@ -264,6 +272,7 @@ impl Votes {
             first: sequencer(&keys[0], n),
             busy: 0,
             queued: None,
+            sequencer_answered: None,
             handed: false,
             contended: false,
             rest: Rest {
@@ -396,6 +405,9 @@ impl Votes {
     }
 
     fn record(&mut self, shared: &Shared, index: usize, vote: Vote, link: Option<Link>) {
+        if index == self.first {
+            self.sequencer_answered = Some(!matches!(vote, Vote::Failed { .. }));
+        }
         let mut fence = None;
         let holds = match vote {
             Vote::Acquired(counter) => {
@@ -693,14 +705,20 @@ impl Votes {
             } => {
                 // An answered SET leaves nothing in flight, so any connection will do; a
                 // doubtful one must be followed on its own connection.
-                let link = if holds == Holds::Maybe { link } else { None };
+                let doubtful = holds == Holds::Maybe;
+                let link = if doubtful { link } else { None };
                 let span = shared.nodes[index].release_span();
                 Slot::Releasing {
                     release: traced(span, async move {
                         let result = undo.send(link.as_ref(), timeout).await;
                         (result, link)
                     }),
-                    straggler: false,
+                    // A node whose SET got no answer is most likely slow, paused or gone: a
+                    // failed attempt's cleanup (which announces nothing) gives its release the
+                    // straggler's quarter of the node timeout, not the whole of it, and leaves
+                    // the rest to the background. A held lock's release still waits for it
+                    // when it needs every answer to tell whether the lock had expired.
+                    straggler: doubtful && !announce,
                 }
             }
             Slot::Pending { set } => Slot::Releasing {
