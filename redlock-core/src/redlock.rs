@@ -642,6 +642,8 @@ impl Redlock {
         let mut take_over: Option<TakeOver> = None;
         loop {
             let mut refused = Refused::default();
+            // The attempt went around the sequencer's line (asked every node at once).
+            let mut around_the_line = true;
             let outcome = match first.take() {
                 // The first round, already asked (see `lock_resources`): every node at once.
                 Some((error, first_refused)) => {
@@ -660,6 +662,7 @@ impl Redlock {
                         (true, false) => Approach::Sequenced,
                         (true, true) => Approach::InTurn,
                     };
+                    around_the_line = approach == Approach::Parallel && take_over.is_none();
                     in_turn = false;
                     // Refused, our ask leaves a trace that the next release looks for before it
                     // wakes anyone: our place in the wait queue, or a waiting flag that lives as
@@ -713,8 +716,13 @@ impl Redlock {
             };
             match outcome {
                 Ok(lock) => {
-                    // Granted in turn: the sequencer node took us out of the queue.
-                    if let Some(spot) = spot.take() {
+                    // Granted in turn, the sequencer node took us out of the queue. Granted
+                    // around it (the sequencer down or paused), we still stand in it: the spot
+                    // leaves it as it drops, and frees the key there if a release handed it to
+                    // our registered token meanwhile.
+                    if let Some(spot) = spot.take()
+                        && !around_the_line
+                    {
                         spot.disarm();
                     }
                     lock.hold_turn(turn);

@@ -1043,3 +1043,49 @@ async fn a_paused_sequencer_node_costs_a_waiter_no_node_timeout_per_ask() {
     );
     lock.release().await.unwrap();
 }
+
+/// A waiter that stood in the sequencer's line and was then granted the lock around it (the
+/// sequencer paused meanwhile) leaves the line: once the sequencer resumes, the waiter's entry is
+/// gone, instead of heading the line until its lease runs out.
+#[tokio::test]
+async fn a_waiter_granted_around_a_paused_sequencer_leaves_its_line() {
+    let nodes = cluster(3);
+    let resource = sequenced_on_node_0("around-the-line");
+    let key = format!("redlock:{resource}");
+    let holder = redlock(&nodes);
+    let waiter = redlock_with(&nodes, |b| {
+        b.node_timeout(Duration::from_millis(300)).retry(Retry::new(
+            1_000,
+            Duration::from_millis(50),
+            Duration::ZERO,
+        ))
+    });
+    holder.connect().await.unwrap();
+    waiter.connect().await.unwrap();
+    let held = holder.lock(&resource).await.unwrap();
+    let waiting = {
+        let resource = resource.clone();
+        tokio::spawn(async move {
+            waiter
+                .lock_with(&resource, LockOptions::new().wait(Duration::from_secs(20)))
+                .await
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await);
+    nodes[0].pause().unwrap();
+    let sets_before = command_calls(&nodes[1], "set");
+    // The waiter has timed out on the sequencer and asked the other nodes since.
+    assert!(
+        eventually(Duration::from_secs(5), || command_calls(&nodes[1], "set")
+            > sets_before)
+        .await
+    );
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("served by the live nodes");
+    nodes[0].resume().unwrap();
+    assert!(
+        eventually(Duration::from_millis(800), || queued(&nodes, &key) == 0).await,
+        "the waiter still heads the sequencer's line"
+    );
+    lock.release().await.unwrap();
+}
