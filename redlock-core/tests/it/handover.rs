@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redlock_core::{Lock, LockOptions, Redlock, Retry};
 
-use crate::queue::{deafen, patient, queued, sequencer, taken_in_turn, wait_for};
+use crate::queue::{asking_every, deafen, patient, queued, sequencer, taken_in_turn, wait_for};
 use crate::support::{cluster, command_calls, eventually, gone_everywhere, redlock_with};
 
 type Waiting = tokio::task::JoinHandle<Result<Lock, redlock_core::Error>>;
@@ -42,10 +42,7 @@ async fn held_with_a_successor(
 /// release half a second (a quarter of it) to arrive together before it falls back to claiming
 /// the other nodes, even on a loaded machine: the one-trip hand-over is what the test sees.
 fn slow_to_fall_back(nodes: &redlock_tests::Cluster, pause: Duration) -> Redlock {
-    redlock_with(nodes, |b| {
-        b.node_timeout(Duration::from_secs(2))
-            .retry(Retry::new(1_000, pause, Duration::ZERO))
-    })
+    asking_every(nodes, Duration::from_secs(2), pause)
 }
 
 /// The nodes other than `key`'s sequencer node.

@@ -27,6 +27,18 @@ pub(crate) fn queued(nodes: &redlock_tests::Cluster, key: &str) -> i64 {
         .sum()
 }
 
+/// A client with the node timeout `node_timeout` that asks again every `pause` (no jitter).
+pub(crate) fn asking_every(
+    nodes: &redlock_tests::Cluster,
+    node_timeout: Duration,
+    pause: Duration,
+) -> Redlock {
+    redlock_with(nodes, |b| {
+        b.node_timeout(node_timeout)
+            .retry(Retry::new(1_000, pause, Duration::ZERO))
+    })
+}
+
 /// A client whose retry pause is far longer than the test: it can only get the lock in time if
 /// it is woken when its turn comes.
 pub(crate) fn patient(nodes: &redlock_tests::Cluster) -> Redlock {
@@ -397,12 +409,8 @@ async fn a_woken_fenced_waiter_asks_again_the_nodes_the_release_has_not_reached(
 #[tokio::test]
 async fn a_waiter_in_turn_asks_a_late_node_again_while_another_is_dead() {
     let nodes = cluster(3);
-    let resource = sequenced_on_node_0("late-and-dead");
-    let key = format!("redlock:{resource}");
-    let (holder, waiter) = (redlock(&nodes), patient(&nodes));
-    holder.connect().await.unwrap();
-    waiter.connect().await.unwrap();
-    let held = holder.lock(&resource).await.unwrap();
+    let waiter = patient(&nodes);
+    let (resource, key, held) = held_on_node_0(&nodes, "late-and-dead", &waiter).await;
     nodes[2].kill().unwrap();
     let waiting = wait_for(waiter, &resource, LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await);
@@ -415,20 +423,8 @@ async fn a_waiter_in_turn_asks_a_late_node_again_while_another_is_dead() {
 #[tokio::test]
 async fn a_waiter_in_turn_asks_a_late_node_again_while_another_is_paused() {
     let nodes = cluster(3);
-    let resource = sequenced_on_node_0("late-and-paused");
-    let key = format!("redlock:{resource}");
-    let waiter = redlock_with(&nodes, |b| {
-        b.node_timeout(Duration::from_secs(3)).retry(Retry::new(
-            1_000,
-            Duration::from_secs(5),
-            Duration::ZERO,
-        ))
-    });
-    // Both connected: a holder still dialling a node could lose it to the waiter's first ask.
-    let holder = redlock(&nodes);
-    holder.connect().await.unwrap();
-    waiter.connect().await.unwrap();
-    let held = holder.lock(&resource).await.unwrap();
+    let waiter = asking_every(&nodes, Duration::from_secs(3), Duration::from_secs(5));
+    let (resource, key, held) = held_on_node_0(&nodes, "late-and-paused", &waiter).await;
     nodes[2].pause().unwrap();
     let waiting = wait_for(waiter, &resource, LockOptions::new());
     // Only the sequencer is asked: a query to the paused node would wait for its timeout.
@@ -442,6 +438,23 @@ async fn a_waiter_in_turn_asks_a_late_node_again_while_another_is_paused() {
     assert!(eventually(Duration::from_secs(5), in_line).await);
     served_though_the_other_nodes_are_late(&nodes, &key, &[1], held, waiting).await;
     nodes[2].resume().unwrap();
+}
+
+/// A resource `<prefix>-<i>` sequenced on node 0 (with its key), held by a fresh client, with
+/// that client and `waiter` connected first: a holder still dialling a node could lose it to the
+/// waiter's first ask, and a waiter's first ask would include dialling.
+async fn held_on_node_0(
+    nodes: &redlock_tests::Cluster,
+    prefix: &str,
+    waiter: &Redlock,
+) -> (String, String, redlock_core::Lock) {
+    let resource = sequenced_on_node_0(prefix);
+    let key = format!("redlock:{resource}");
+    let holder = redlock(nodes);
+    holder.connect().await.unwrap();
+    waiter.connect().await.unwrap();
+    let held = holder.lock(&resource).await.unwrap();
+    (resource, key, held)
 }
 
 /// The first resource `<prefix>-<i>` whose key's sequencer is node 0.
@@ -1004,28 +1017,11 @@ async fn unflagged(nodes: &redlock_tests::Cluster, resource: &str) -> bool {
 #[tokio::test]
 async fn a_paused_sequencer_node_costs_a_waiter_no_node_timeout_per_ask() {
     let nodes = cluster(3);
-    let resource = sequenced_on_node_0("paused-line");
-    let holder = redlock(&nodes);
-    let waiter = redlock_with(&nodes, |b| {
-        b.node_timeout(Duration::from_secs(1)).retry(Retry::new(
-            1_000,
-            Duration::from_millis(50),
-            Duration::ZERO,
-        ))
-    });
-    holder.connect().await.unwrap();
-    waiter.connect().await.unwrap();
-    let held = holder.lock(&resource).await.unwrap();
+    let waiter = asking_every(&nodes, Duration::from_secs(1), Duration::from_millis(50));
+    let (resource, _, held) = held_on_node_0(&nodes, "paused-line", &waiter).await;
     nodes[0].pause().unwrap();
     let sets_before = command_calls(&nodes[1], "set");
-    let waiting = {
-        let resource = resource.clone();
-        tokio::spawn(async move {
-            waiter
-                .lock_with(&resource, LockOptions::new().wait(Duration::from_secs(20)))
-                .await
-        })
-    };
+    let waiting = wait_for(waiter, &resource, LockOptions::new());
     // The waiter has asked, and waited out the sequencer at least once, before the release.
     assert!(
         eventually(Duration::from_secs(10), || command_calls(&nodes[1], "set")
@@ -1050,27 +1046,13 @@ async fn a_paused_sequencer_node_costs_a_waiter_no_node_timeout_per_ask() {
 #[tokio::test]
 async fn a_waiter_granted_around_a_paused_sequencer_leaves_its_line() {
     let nodes = cluster(3);
-    let resource = sequenced_on_node_0("around-the-line");
-    let key = format!("redlock:{resource}");
-    let holder = redlock(&nodes);
-    let waiter = redlock_with(&nodes, |b| {
-        b.node_timeout(Duration::from_millis(300)).retry(Retry::new(
-            1_000,
-            Duration::from_millis(50),
-            Duration::ZERO,
-        ))
-    });
-    holder.connect().await.unwrap();
-    waiter.connect().await.unwrap();
-    let held = holder.lock(&resource).await.unwrap();
-    let waiting = {
-        let resource = resource.clone();
-        tokio::spawn(async move {
-            waiter
-                .lock_with(&resource, LockOptions::new().wait(Duration::from_secs(20)))
-                .await
-        })
-    };
+    let waiter = asking_every(
+        &nodes,
+        Duration::from_millis(300),
+        Duration::from_millis(50),
+    );
+    let (resource, key, held) = held_on_node_0(&nodes, "around-the-line", &waiter).await;
+    let waiting = wait_for(waiter, &resource, LockOptions::new());
     assert!(eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await);
     nodes[0].pause().unwrap();
     let sets_before = command_calls(&nodes[1], "set");
