@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use redlock_core::{Lock, LockOptions, Redlock, Retry};
 
-use crate::queue::{asking_every, deafen, patient, queued, sequencer, taken_in_turn, wait_for};
+use crate::queue::{
+    asking_every, deafen, in_line_soon, patient, queued, sequencer, taken_in_turn, wait_for,
+};
 use crate::support::{cluster, command_calls, eventually, gone_everywhere, redlock_with};
 
 type Waiting = tokio::task::JoinHandle<Result<Lock, redlock_core::Error>>;
@@ -30,9 +32,9 @@ async fn held_with_a_successor(
         resource,
         LockOptions::new(),
     );
-    assert!(eventually(Duration::from_secs(5), || queued(nodes, &key) == 1).await);
+    assert!(in_line_soon(nodes, &key, 1).await);
     let next = wait_for(successor, resource, LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(nodes, &key) == 2).await);
+    assert!(in_line_soon(nodes, &key, 2).await);
     first.release().await.unwrap();
     let held = holder.await.unwrap().expect("handed over in turn");
     (held, next)

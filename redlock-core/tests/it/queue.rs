@@ -27,6 +27,14 @@ pub(crate) fn queued(nodes: &redlock_tests::Cluster, key: &str) -> i64 {
         .sum()
 }
 
+/// Whether `key`'s wait queue holds `waiters` within 12 s. A waiter joins at its first ask in
+/// turn, unless the machine stalled past its node timeout; then it joins at its next ask, after
+/// its retry pause (5 s for [`patient`] clients). The callers check who stands in line, not how
+/// soon.
+pub(crate) async fn in_line_soon(nodes: &redlock_tests::Cluster, key: &str, waiters: i64) -> bool {
+    eventually(Duration::from_secs(12), || queued(nodes, key) == waiters).await
+}
+
 /// A client with the node timeout `node_timeout` that asks again every `pause` (no jitter).
 pub(crate) fn asking_every(
     nodes: &redlock_tests::Cluster,
@@ -106,21 +114,13 @@ async fn a_cancelled_waiter_leaves_the_queue() {
             .lock_with("leave", LockOptions::new().wait(Duration::from_secs(20)))
             .await
     });
-    assert!(
-        eventually(Duration::from_secs(5), || queued(&nodes, "redlock:leave")
-            == 1)
-        .await
-    );
+    assert!(in_line_soon(&nodes, "redlock:leave", 1).await);
     let next = patient(&nodes);
     let waiting = tokio::spawn(async move {
         next.lock_with("leave", LockOptions::new().wait(Duration::from_secs(20)))
             .await
     });
-    assert!(
-        eventually(Duration::from_secs(5), || queued(&nodes, "redlock:leave")
-            == 2)
-        .await
-    );
+    assert!(in_line_soon(&nodes, "redlock:leave", 2).await);
     quitting.abort();
     assert!(quitting.await.unwrap_err().is_cancelled());
     assert!(
@@ -264,6 +264,8 @@ async fn a_dead_node_elsewhere_leaves_waiters_in_line() {
         .await
         .expect("two nodes are a quorum");
     let waiting = wait_for(waiter, &resource, LockOptions::new());
+    // Within its first ask's time, not `in_line_soon`: before the fix, a later ask could still
+    // get two "held" replies in first, and put the waiter in line after all.
     assert!(
         eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await,
         "the waiter stands in line"
@@ -379,7 +381,7 @@ async fn a_waiter_in_turn_asks_again_the_nodes_the_release_has_not_reached() {
     let key = format!("redlock:{resource}");
     let held = redlock(&nodes).lock(&resource).await.unwrap();
     let waiting = wait_for(patient(&nodes), &resource, LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await);
+    assert!(in_line_soon(&nodes, &key, 1).await);
     served_though_the_other_nodes_are_late(&nodes, &key, &[1, 2], held, waiting).await;
 }
 
@@ -413,7 +415,7 @@ async fn a_waiter_in_turn_asks_a_late_node_again_while_another_is_dead() {
     let (resource, key, held) = held_on_node_0(&nodes, "late-and-dead", &waiter).await;
     nodes[2].kill().unwrap();
     let waiting = wait_for(waiter, &resource, LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await);
+    assert!(in_line_soon(&nodes, &key, 1).await);
     served_though_the_other_nodes_are_late(&nodes, &key, &[1], held, waiting).await;
 }
 
@@ -594,7 +596,7 @@ pub(crate) async fn taken_in_turn(
     let first = redlock(nodes).lock(resource).await.unwrap();
     let waiting = wait_for(patient(nodes), resource, LockOptions::new());
     let key = format!("redlock:{resource}");
-    assert!(eventually(Duration::from_secs(5), || queued(nodes, &key) == 1).await);
+    assert!(in_line_soon(nodes, &key, 1).await);
     first.release().await.unwrap();
     waiting.await.unwrap().expect("taken in turn")
 }
@@ -617,7 +619,7 @@ async fn a_release_hands_the_key_over_to_the_waiter_in_turn_on_its_sequencer_nod
     let seq = &nodes[sequencer(key, 3) as usize];
     let held = taken_in_turn(&nodes, "handed").await;
     let waiting = wait_for(patient(&nodes), "handed", LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    assert!(in_line_soon(&nodes, key, 1).await);
     let scripts_before = command_calls(seq, "evalsha");
     held.release().await.unwrap();
     let lock = tokio::time::timeout(Duration::from_secs(3), waiting)
@@ -663,7 +665,7 @@ async fn served_past_a_dead_waiter(
     let key = format!("redlock:{resource}");
     stand_in_line(&nodes[sequencer(&key, 3) as usize], &key, "ghost", entry);
     let waiting = wait_for(patient(nodes), resource, LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(nodes, &key) == 2).await);
+    assert!(in_line_soon(nodes, &key, 2).await);
     release_then_served(
         held,
         waiting,
@@ -746,7 +748,7 @@ async fn a_waiter_that_missed_its_hand_over_takes_it_when_it_asks_again() {
         ))
     });
     let waiting = wait_for(waiter, "unheard", LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    assert!(in_line_soon(&nodes, key, 1).await);
     deafen(&nodes[sequencer(key, 3) as usize]);
     release_then_served(
         held,
@@ -768,7 +770,7 @@ async fn a_waiter_cancelled_after_its_hand_over_frees_the_key() {
     let held = taken_in_turn(&nodes, "abandoned").await;
     let holder_token = seq.get(key).unwrap().expect("held");
     let waiting = wait_for(patient(&nodes), "abandoned", LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    assert!(in_line_soon(&nodes, key, 1).await);
     deafen(seq);
     held.release().await.unwrap();
     // The release returned at the quorum: the sequencer node's answer may still be on its way
@@ -811,7 +813,7 @@ async fn a_handed_over_lock_counts_its_validity_from_the_registration() {
         "counted",
         LockOptions::new().ttl(Duration::from_secs(3)),
     );
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    assert!(in_line_soon(&nodes, key, 1).await);
     // Time in line is what is measured here: nothing to wait for but the clock.
     tokio::time::sleep(Duration::from_secs(1)).await;
     held.release().await.unwrap();
@@ -844,7 +846,7 @@ async fn a_waiter_in_line_longer_than_its_ttl_still_takes_the_hand_over() {
         "long-line",
         LockOptions::new().ttl(Duration::from_millis(2_500)),
     );
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    assert!(in_line_soon(&nodes, key, 1).await);
     // Time in line is what is measured here: halfway between the waiter's asks (at about 0 s
     // and 2 s), so that none falls in the hand-over.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -875,7 +877,7 @@ async fn an_uncontended_lock_wakes_the_next_waiter_without_handing_over() {
     let seq = &nodes[sequencer(key, 3) as usize];
     let held = redlock(&nodes).lock("quiet").await.unwrap();
     let waiting = wait_for(patient(&nodes), "quiet", LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, key) == 1).await);
+    assert!(in_line_soon(&nodes, key, 1).await);
     woken_by_the_release(held, waiting).await;
     assert_eq!(command_calls(seq, "psetex"), 0, "no hand-over");
 }
@@ -981,11 +983,7 @@ async fn the_waiting_flag_is_deleted_by_the_release_that_wakes_its_waiter() {
 
     let held = redlock(&nodes).lock("queued").await.unwrap();
     let waiting = wait_for(patient(&nodes), "queued", LockOptions::new());
-    assert!(
-        eventually(Duration::from_secs(5), || queued(&nodes, "redlock:queued")
-            == 1)
-        .await
-    );
+    assert!(in_line_soon(&nodes, "redlock:queued", 1).await);
     assert!(!flagged(&nodes, "queued"), "the queue says it");
     woken_by_the_release(held, waiting).await;
 }
@@ -1053,7 +1051,7 @@ async fn a_waiter_granted_around_a_paused_sequencer_leaves_its_line() {
     );
     let (resource, key, held) = held_on_node_0(&nodes, "around-the-line", &waiter).await;
     let waiting = wait_for(waiter, &resource, LockOptions::new());
-    assert!(eventually(Duration::from_secs(5), || queued(&nodes, &key) == 1).await);
+    assert!(in_line_soon(&nodes, &key, 1).await);
     nodes[0].pause().unwrap();
     let sets_before = command_calls(&nodes[1], "set");
     // The waiter has timed out on the sequencer and asked the other nodes since.
