@@ -182,6 +182,7 @@ mod renewer;
 mod retry;
 mod scoped;
 mod scripts;
+mod silence;
 mod telemetry;
 mod timing;
 mod token;

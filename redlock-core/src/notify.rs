@@ -169,12 +169,15 @@ impl Notifier {
 
     /// Subscribes to the release of `keys` on node `node` (the sequencer of the key), bounded by
     /// the node timeout; if it fails, the waiter's retry pause is the fallback. A queued waiter
-    /// (`in_turn`) listens only for its turn; others hear every release.
+    /// (`in_turn`) listens only for its turn; others hear every release. Unless `answering` (the
+    /// sequencer failed to answer a moment ago), that subscription is made in the background too:
+    /// waiting out the node's timeout would only delay the waiter.
     pub(crate) async fn watch(
         self: &Arc<Self>,
         keys: &[String],
         node: usize,
         in_turn: bool,
+        answering: bool,
     ) -> Watch {
         let notify = Arc::new(Notify::new());
         let channels: Vec<String> = if in_turn {
@@ -195,18 +198,22 @@ impl Notifier {
             }
         }
         if !fresh.is_empty() {
-            let watched = &self.watched;
-            if in_turn {
-                // Every node may hand the key over to us in one trip (see `handover`), but only
-                // the sequencer's message is needed: the others are listened to in the
-                // background, so that a slow or paused node costs the waiter nothing.
-                self.listen_elsewhere(&fresh, node);
-            }
-            if let Some(feed) = self.feeds.get(node).or_else(|| self.feeds.first()) {
-                // Awaited: the sequencer's message is the one that wakes a waiter. A waiter
-                // outside the queue listens there only: one message per release per waiter
-                // keeps a crowd of waiters from waking three times each.
-                feed.subscribe(&fresh, watched).await;
+            // A waiter outside the queue listens on the sequencer only: one message per release
+            // per waiter keeps a crowd of waiters from waking three times each. A queued one
+            // listens on every node, which may hand the key over to it in one trip (see
+            // `handover`), but only the sequencer's message is needed: the others are listened
+            // to in the background, so that a slow or paused node costs the waiter nothing.
+            let first = if self.feeds.get(node).is_some() {
+                node
+            } else {
+                0
+            };
+            let background =
+                move |index: usize| (index != first && in_turn) || (index == first && !answering);
+            self.listen_in_background(&fresh, background);
+            if answering && let Some(feed) = self.feeds.get(first) {
+                // Awaited: the sequencer's message is the one that wakes a waiter.
+                feed.subscribe(&fresh, &self.watched).await;
             }
         }
         Watch {
@@ -219,11 +226,18 @@ impl Notifier {
 }
 
 impl Notifier {
-    /// Subscribes `channels` on every node but `node`, in a task of its own (each subscription
-    /// bounded by the node timeout). A channel whose last watch ended meanwhile may have been
-    /// unsubscribed already (see [`linger`]), before this subscription landed: once done, the
-    /// channels nobody listens on any more are unsubscribed again.
-    fn listen_elsewhere(self: &Arc<Self>, channels: &[String], node: usize) {
+    /// Subscribes `channels` on the nodes `which` picks, in a task of its own (each
+    /// subscription bounded by the node timeout). A channel whose last watch ended meanwhile may
+    /// have been unsubscribed already (see [`linger`]), before this subscription landed: once
+    /// done, the channels nobody listens on any more are unsubscribed again.
+    fn listen_in_background(
+        self: &Arc<Self>,
+        channels: &[String],
+        which: impl Fn(usize) -> bool + Send + Sync + 'static,
+    ) {
+        if !(0..self.feeds.len()).any(&which) {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -234,7 +248,7 @@ impl Notifier {
                     .feeds
                     .iter()
                     .enumerate()
-                    .filter(|(index, _)| *index != node)
+                    .filter(|(index, _)| which(*index))
                     .map(|(_, feed)| feed)
             };
             join_all(others().map(|feed| feed.subscribe(&channels, &notifier.watched))).await;

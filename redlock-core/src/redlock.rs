@@ -24,6 +24,7 @@ use crate::{
     notify::{Notifier, Watch, sequencer},
     renewer::Renewer,
     retry::Retry,
+    silence::Silence,
     timing,
     token::LockToken,
     votes::{Heirship, Votes},
@@ -298,6 +299,8 @@ pub(crate) struct Shared {
     pub(crate) finisher: Finisher,
     /// The `lock` and `release` calls in flight.
     pub(crate) load: Load,
+    /// Sequencer nodes that a waiter saw fail to answer a moment ago.
+    pub(crate) silence: Silence,
     /// Every node sends all commands through one connection (our own pools), so a release can
     /// let the next local waiter go as soon as its deletes are sent (see `Lock::release`).
     pub(crate) keeps_order: bool,
@@ -387,6 +390,7 @@ impl Redlock {
         nodes: Vec<Node>,
         settings: Settings,
     ) -> Redlock {
+        let silence = Silence::new(nodes.len(), Silence::span(settings.node_timeout));
         Redlock {
             shared: Arc::new(Shared {
                 config,
@@ -401,6 +405,7 @@ impl Redlock {
                 renewer: Renewer::default(),
                 finisher: Finisher::default(),
                 load: Load::default(),
+                silence,
             }),
         }
     }
@@ -618,8 +623,7 @@ impl Redlock {
         };
         let mut attempt = 1;
         let mut watch = None;
-        // The key's sequencer node failed to answer an attempt (and has not answered since).
-        let mut sequencer_down = false;
+        let first_node = sequencer(&target.keys[0], self.shared.nodes.len());
         // Single-resource locks without fencing wait in the key's queue on the sequencer node
         // (see `notify`); `spot` leaves it if we give up.
         let fair = (target.keys.len() == 1 && !fenced).then(|| Fair {
@@ -653,9 +657,10 @@ impl Redlock {
                 None => {
                     // Once the lock is known to be contended by other processes (now, or moments
                     // ago), attempts go to one node first: see `Votes::send_first`. Not while
-                    // that node is down or paused: nobody can stand in its line then, and asking
-                    // it first would only add its node timeout to every attempt.
-                    let sequenced = !sequencer_down
+                    // that node failed to answer a moment ago (in this wait or another of this
+                    // client's, see `silence`): nobody can stand in its line then, and asking it
+                    // first would only add its node timeout to every attempt.
+                    let sequenced = !self.shared.silence.is_silent(first_node)
                         && (watch.is_some() || self.shared.notifier.is_watched(&target.keys[0]));
                     let approach = match (sequenced, in_turn && fair.is_some()) {
                         (false, _) => Approach::Parallel,
@@ -739,9 +744,10 @@ impl Redlock {
                         held,
                         sequencer: answered,
                     } = refused;
-                    // Sticky until the sequencer answers again: an attempt decided before its
-                    // reply came says nothing about it.
-                    sequencer_down = answered.map_or(sequencer_down, |answered| !answered);
+                    // An attempt decided before the sequencer's reply came says nothing about it.
+                    if let Some(answered) = answered {
+                        self.shared.silence.heard(first_node, answered);
+                    }
                     debug!(attempt, error = %err, ?queued, handed, "attempt failed");
                     attempt += 1;
                     if handed {
@@ -761,11 +767,11 @@ impl Redlock {
                         // listening all along: the channel was still subscribed).
                         // The contended paths are boxed: the uncontended `lock` future stays
                         // small, which shows with hundreds of tasks locking at once.
-                        let node = sequencer(&target.keys[0], self.shared.nodes.len());
                         let listening = Box::pin(self.shared.notifier.watch(
                             &target.keys,
-                            node,
+                            first_node,
                             fair.is_some(),
+                            !self.shared.silence.is_silent(first_node),
                         ))
                         .await;
                         let fresh = listening.is_fresh();

@@ -1069,3 +1069,44 @@ async fn a_waiter_granted_around_a_paused_sequencer_leaves_its_line() {
     );
     lock.release().await.unwrap();
 }
+
+/// A client that found a key's sequencer node paused remembers it for a while: its next wait, on
+/// another key of that node, asks every node at once from the start instead of waiting out the
+/// node's 1 s timeout twice (subscribing there, then asking there first) to find out again.
+#[tokio::test]
+async fn a_client_remembers_a_paused_sequencer_node_for_its_next_wait() {
+    let nodes = cluster(3);
+    let waiter = asking_every(&nodes, Duration::from_secs(1), Duration::from_millis(50));
+    let (resource, _, held) = held_on_node_0(&nodes, "silent-line", &waiter).await;
+    nodes[0].pause().unwrap();
+    // The first wait finds the sequencer silent.
+    let sets_before = command_calls(&nodes[1], "set");
+    let waiting = wait_for(waiter.clone(), &resource, LockOptions::new());
+    assert!(
+        eventually(Duration::from_secs(10), || command_calls(&nodes[1], "set")
+            > sets_before + 1)
+        .await
+    );
+    held.release().await.unwrap();
+    waiting.await.unwrap().unwrap().release().await.unwrap();
+    // The next wait, on a key of the same sequencer whose channel nobody listens to yet.
+    let other = sequenced_on_node_0("silent-line-too");
+    let held = redlock(&nodes).lock(&other).await.unwrap();
+    let sets_before = command_calls(&nodes[1], "set");
+    let waiting = wait_for(waiter, &other, LockOptions::new());
+    assert!(
+        eventually(Duration::from_secs(10), || command_calls(&nodes[1], "set")
+            > sets_before)
+        .await
+    );
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("served by the live nodes");
+    let waited = released.elapsed();
+    nodes[0].resume().unwrap();
+    assert!(
+        waited < Duration::from_millis(800),
+        "served {waited:?} after the release: found the paused sequencer out again"
+    );
+    lock.release().await.unwrap();
+}
