@@ -127,9 +127,10 @@
 //! (`queue::a_waiter_in_turn_asks_a_late_node_again_while_another_is_paused`), and a paused node
 //! does not hold up a waiter's subscriptions
 //! (`handover::a_waiter_does_not_wait_for_a_paused_node_to_listen`). With the sequencer itself
-//! down or paused nobody can stand in line, and a waiter asks every node at once until it
-//! answers again (`queue::a_paused_sequencer_node_costs_a_waiter_no_node_timeout_per_ask`). The
-//! retry pause is only a fallback bound.
+//! down or paused nobody can stand in line, and the client's waiters ask every node at once for
+//! a while (`queue::a_paused_sequencer_node_costs_a_waiter_no_node_timeout_per_ask`,
+//! `queue::a_client_remembers_a_paused_sequencer_node_for_its_next_wait`). The retry pause is
+//! only a fallback bound.
 //! Auto-extended locks are renewed in batches of up to 100 per node and script call.
 //!
 //! # Fencing
