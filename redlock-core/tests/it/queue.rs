@@ -1026,16 +1026,14 @@ async fn a_paused_sequencer_node_costs_a_waiter_no_node_timeout_per_ask() {
             > sets_before + 1)
         .await
     );
-    let released = Instant::now();
-    held.release().await.unwrap();
-    let lock = waiting.await.unwrap().expect("served by the live nodes");
-    let waited = released.elapsed();
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_millis(500),
+        "waited out the paused sequencer",
+    )
+    .await;
     nodes[0].resume().unwrap();
-    assert!(
-        waited < Duration::from_millis(500),
-        "served {waited:?} after the release: waited out the paused sequencer"
-    );
-    lock.release().await.unwrap();
 }
 
 /// A waiter that stood in the sequencer's line and was then granted the lock around it (the
@@ -1099,14 +1097,12 @@ async fn a_client_remembers_a_paused_sequencer_node_for_its_next_wait() {
             > sets_before)
         .await
     );
-    let released = Instant::now();
-    held.release().await.unwrap();
-    let lock = waiting.await.unwrap().expect("served by the live nodes");
-    let waited = released.elapsed();
+    release_then_served(
+        held,
+        waiting,
+        Duration::from_millis(800),
+        "found the paused sequencer out again",
+    )
+    .await;
     nodes[0].resume().unwrap();
-    assert!(
-        waited < Duration::from_millis(800),
-        "served {waited:?} after the release: found the paused sequencer out again"
-    );
-    lock.release().await.unwrap();
 }
