@@ -623,6 +623,7 @@ impl Redlock {
         };
         let mut attempt = 1;
         let mut watch = None;
+        // The key's sequencer node: its wait queue, its turn messages, its silence.
         let first_node = sequencer(&target.keys[0], self.shared.nodes.len());
         // Single-resource locks without fencing wait in the key's queue on the sequencer node
         // (see `notify`); `spot` leaves it if we give up.
@@ -688,7 +689,7 @@ impl Redlock {
                         let spot = spot.get_or_insert_with(|| QueueSpot {
                             shared: self.shared.clone(),
                             key: target.keys[0].clone(),
-                            node: sequencer(&target.keys[0], self.shared.nodes.len()),
+                            node: first_node,
                             heir: None,
                             tombstone_life: life,
                             armed: true,
@@ -802,9 +803,9 @@ impl Redlock {
                                 debug!("woken by a release");
                                 in_turn = true;
                                 if let Some(token) = heir.registered().cloned() {
-                                    let first = sequencer(&target.keys[0], self.shared.nodes.len());
                                     let heard =
-                                        Box::pin(self.hear_hand_over(watch, &token, first)).await;
+                                        Box::pin(self.hear_hand_over(watch, &token, first_node))
+                                            .await;
                                     let elsewhere =
                                         heard.sequencer.is_none() && !heard.others.is_empty();
                                     take_over = self.take_over(heard, &heir);
@@ -814,7 +815,7 @@ impl Redlock {
                                         retire_elsewhere(
                                             &self.shared,
                                             &target.keys[0],
-                                            first,
+                                            first_node,
                                             &token,
                                             life,
                                         )
