@@ -169,6 +169,7 @@
 mod builder;
 mod config;
 mod error;
+mod expiry;
 mod fencing;
 mod finisher;
 mod handover;

@@ -448,7 +448,17 @@ impl Node {
                 Err(error) => Vote::Failed { error, sent: true },
             }
         } else {
-            return Node::send_set(link, set_command(&keys[0], token, ttl), self.timeout).await;
+            let set = Node::send_set(link.clone(), set_command(&keys[0], token, ttl));
+            return match tokio::time::timeout(self.timeout, set).await {
+                Ok(voted) => voted,
+                Err(_) => (
+                    Vote::Failed {
+                        error: NodeErrorKind::Timeout(self.timeout),
+                        sent: true,
+                    },
+                    Some(link),
+                ),
+            };
         };
         debug!(node = %self.addr, ?vote, "set nx px");
         (vote, Some(link))
@@ -459,15 +469,17 @@ impl Node {
     /// [`set_nx_px`](Node::set_nx_px) does for one key without fencing, as one flat future
     /// without a reply string to allocate: every attempt sends one per node, so with hundreds
     /// of tasks locking at once each layer and copy of it shows. Its `redlock.set` span is
-    /// attached only while it is enabled.
+    /// attached only while it is enabled. It has no timer of its own: whoever drives it gives it
+    /// up at its deadline ([`expiry`](crate::expiry)).
     pub(crate) fn plain_set(&self, link: Link, key: &str, token: &str, ttl: Duration) -> SetFuture {
         traced(
             tracing::debug_span!("redlock.set", node = %self.addr),
-            Node::send_set(link, set_command(key, token, ttl), self.timeout),
+            Node::send_set(link, set_command(key, token, ttl)),
         )
     }
 
-    /// Sends `set` (a [`set_command`]) on `link` and waits up to `timeout` for its vote.
+    /// Sends `set` (a [`set_command`]) on `link` and waits for its vote, without a bound of its
+    /// own: whoever awaits it bounds it.
     ///
     /// A function returning an `async move` block rather than an `async fn`: an `async fn`
     /// keeps its arguments twice in its future (as arguments, and as the locals they are moved
@@ -479,12 +491,10 @@ impl Node {
     fn send_set(
         mut link: Link,
         set: Cmd,
-        timeout: Duration,
     ) -> impl Future<Output = (Vote, Option<Link>)> + Send + 'static {
         async move {
-            let reply = tokio::time::timeout(timeout, link.conn.req_packed_command(&set)).await;
-            let vote = match reply {
-                Ok(Ok(value)) => match value.extract_error() {
+            let vote = match link.conn.req_packed_command(&set).await {
+                Ok(value) => match value.extract_error() {
                     Ok(Value::Okay) => Vote::Acquired(None),
                     Ok(Value::SimpleString(ok)) if ok == "OK" => Vote::Acquired(None),
                     Ok(Value::Nil) => Vote::Busy,
@@ -494,11 +504,7 @@ impl Node {
                     },
                     Err(e) => link.failed(e),
                 },
-                Ok(Err(e)) => link.failed(e),
-                Err(_) => Vote::Failed {
-                    error: NodeErrorKind::Timeout(timeout),
-                    sent: true,
-                },
+                Err(e) => link.failed(e),
             };
             debug!(?vote, "set nx px");
             (vote, Some(link))
@@ -608,8 +614,9 @@ impl Node {
     /// sequencer, the keys of its wait queue ([`wait_queue`](scripts::wait_queue)) and its
     /// [`waiting_flag`](scripts::waiting_flag) (the release hands the key over to the head), or
     /// the queue's list and the flag (an uncontended lock's release: wakes waiters if any).
-    /// `timeout` bounds the wait for the answer: the node timeout when a caller waits, longer
-    /// in the background.
+    /// It has no bound of its own: whoever awaits it bounds it (the node timeout when a caller
+    /// waits, longer in the background), with one timer for all the commands it drives
+    /// ([`expiry`](crate::expiry)).
     ///
     /// Every lock sends one per node, so the common path is one flat future, like
     /// [`plain_set`](Node::plain_set); its `release` span is attached by whoever boxes it
@@ -627,7 +634,6 @@ impl Node {
         token: &str,
         wake: Wake,
         queue: Option<QueueRelease<'_>>,
-        timeout: Duration,
     ) -> impl Future<Output = Result<bool, NodeErrorKind>> {
         async move {
             let mode = match wake {
@@ -706,12 +712,11 @@ impl Node {
                 },
             };
             let cmd = command(by_hash);
-            let reply =
-                match tokio::time::timeout(timeout, link.conn.req_packed_command(&cmd)).await {
-                    Ok(Ok(value)) => value.extract_error(),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => return Err(NodeErrorKind::Timeout(timeout)),
-                };
+            let reply = link
+                .conn
+                .req_packed_command(&cmd)
+                .await
+                .and_then(Value::extract_error);
             let deleted = match reply {
                 Ok(Value::Int(n)) => n,
                 Ok(other) => {
@@ -725,7 +730,10 @@ impl Node {
                     Box::pin(async {
                         let body = command(false);
                         let mut conn = link.conn.clone();
-                        Node::run_within(timeout, &link, body.query_async::<i64>(&mut conn)).await
+                        body.query_async::<i64>(&mut conn).await.map_err(|e| {
+                            link.note(&e);
+                            NodeErrorKind::Redis(e)
+                        })
                     })
                     .await?
                 }

@@ -124,25 +124,18 @@ async fn retire_elsewhere(
         life,
         successor: None,
     });
-    let timeout = shared.settings.node_timeout;
-    join_all(
+    // One bound for them all: the releases have none of their own.
+    let releases = join_all(
         shared
             .nodes
             .iter()
             .enumerate()
             .filter(|(index, _)| *index != first)
             .map(|(_, node)| {
-                node.release(
-                    None,
-                    &keys,
-                    token,
-                    crate::node::Wake::Nobody,
-                    Some(heir),
-                    timeout,
-                )
+                node.release(None, &keys, token, crate::node::Wake::Nobody, Some(heir))
             }),
-    )
-    .await;
+    );
+    let _ = tokio::time::timeout(shared.settings.node_timeout, releases).await;
 }
 
 /// How long a registered token's tombstone lives on a node: a holder names a successor only

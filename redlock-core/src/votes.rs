@@ -16,11 +16,12 @@ use std::{
     time::Duration,
 };
 
-use futures_util::FutureExt;
+use tokio::time::Instant;
 use tracing::{Instrument, debug};
 
 use crate::{
     error::{NodeError, NodeErrorKind},
+    expiry::{Timer, is_ahead},
     finisher::Chore,
     handover::Successor,
     node::{Ask, HeirRelease, Keys, Link, QueueRelease, Vote, Wake},
@@ -38,7 +39,8 @@ const BACKGROUND_TRIES: usize = 3;
 const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A node's `SET NX PX`, driven in place by whoever holds the [`Votes`]: the attempt while it
-/// decides, the lock's release, or a background task once nobody waits.
+/// decides, the lock's release, or a background task once nobody waits. The plain SET has no
+/// timer of its own: its driver gives it up at its deadline ([`expiry`](crate::expiry)).
 pub(crate) type SetFuture = Pin<Box<dyn Future<Output = (Vote, Option<Link>)> + Send>>;
 
 /// A node's release in flight, with the connection a doubtful SET went out on (kept in case the
@@ -51,7 +53,12 @@ pub(crate) enum Slot {
     /// The SET has not been sent (the rest of a sequenced attempt that was refused first).
     Unsent,
     /// The SET has not answered yet.
-    Pending { set: SetFuture },
+    Pending {
+        set: SetFuture,
+        /// When the SET is given up, if its driver must do that (the plain SET); `None` when it
+        /// bounds itself.
+        until: Option<Instant>,
+    },
     /// The SET answered (or failed).
     Settled {
         /// Whether our token may be on the node.
@@ -64,9 +71,22 @@ pub(crate) enum Slot {
     /// A compare-and-delete is in flight (for a straggler, after its SET answered).
     Releasing {
         release: ReleaseFuture,
+        /// When the release (with the SET it waits for first, for a straggler) is given up, if
+        /// its driver must do that; `None` when it bounds itself.
+        until: Option<Instant>,
         /// The SET had not answered when the release started.
         straggler: bool,
     },
+}
+
+impl Slot {
+    /// When its driver gives up the command in flight here, if it must.
+    fn until(&self) -> Option<Instant> {
+        match self {
+            Slot::Pending { until, .. } | Slot::Releasing { until, .. } => *until,
+            _ => None,
+        }
+    }
 }
 
 /// Whether our token may be stored on a node.
@@ -117,6 +137,10 @@ pub(crate) struct Votes {
     /// other nodes hand the key over to the successor, or leave a tombstone
     /// ([`RELEASE_HEIR`](scripts::RELEASE_HEIR)).
     heir: Option<Arc<Heirship>>,
+    /// Gives up the commands in flight in the slots at their deadlines: the plain SETs and the
+    /// releases have no timer of their own, so that a lock costs one timer per phase instead of
+    /// one per node command ([`expiry`](crate::expiry)).
+    timer: Timer,
 }
 
 /// What the releases of a registered token need on the nodes other than the sequencer.
@@ -183,7 +207,8 @@ impl Votes {
     ) -> Votes {
         let mut votes = Votes::unsent(shared, keys, value, ttl, fenced);
         votes.contended = true;
-        votes.start(shared, votes.first, ask);
+        let until = Instant::now() + shared.settings.node_timeout;
+        votes.start(shared, votes.first, ask, until);
         votes
     }
 
@@ -284,27 +309,34 @@ impl Votes {
             },
             failures: Vec::new(),
             heir: None,
+            timer: Timer::default(),
         }
     }
 
     /// Prepares the SET to every node it was not prepared for yet.
     pub(crate) fn send_rest(&mut self, shared: &Arc<Shared>) {
+        // One deadline for the SETs sent together: the timer is armed once for them.
+        let until = Instant::now() + shared.settings.node_timeout;
         for index in 0..self.slots.len() {
             if matches!(self.slots[index], Slot::Unsent) {
-                self.start(shared, index, None);
+                self.start(shared, index, None, until);
             }
         }
     }
 
     /// Prepares node `index`'s SET: as `ask` says for a waiter's ask of the sequencer node,
-    /// plain otherwise.
-    fn start(&mut self, shared: &Arc<Shared>, index: usize, ask: Option<Ask>) {
+    /// plain otherwise. The plain SET is given up at `until` ([`next`](Votes::next)); the
+    /// others bound themselves by the node timeout.
+    fn start(&mut self, shared: &Arc<Shared>, index: usize, ask: Option<Ask>, until: Instant) {
         let rest = &self.rest;
         let link = match shared.nodes[index].cached_link() {
             // The common case: one key, no fencing, no queue, a connection at hand.
             Some(link) if ask.is_none() && !rest.fenced && !rest.claim && rest.keys.len() == 1 => {
                 let set = shared.nodes[index].plain_set(link, &rest.keys[0], &rest.value, rest.ttl);
-                self.slots[index] = Slot::Pending { set };
+                self.slots[index] = Slot::Pending {
+                    set,
+                    until: Some(until),
+                };
                 return;
             }
             link => link,
@@ -353,7 +385,7 @@ impl Votes {
                 })
             })
         };
-        self.slots[index] = Slot::Pending { set };
+        self.slots[index] = Slot::Pending { set, until: None };
     }
 
     /// Waits for the answers sent so far; true if a node said the key is held by someone else.
@@ -377,26 +409,42 @@ impl Votes {
             .count()
     }
 
-    /// Records every reply that has already arrived, without waiting.
+    /// Records every reply that has already arrived, without waiting (and without touching the
+    /// timer, whose waker stays the one of whoever waits).
     pub(crate) fn drain(&mut self, shared: &Shared) {
+        let mut cx = Context::from_waker(Waker::noop());
         while self.unanswered() > 0 {
-            match self.next(shared).now_or_never() {
-                Some(true) => {}
-                _ => return,
+            match poll_sets(&mut self.slots, self.first, &mut cx) {
+                Poll::Ready((index, (vote, link))) => self.record(shared, index, vote, link),
+                Poll::Pending => return,
             }
         }
     }
 
-    /// Waits for the next SET reply; `false` when none is pending.
+    /// Waits for the next SET reply, or gives up a SET whose deadline passed (a doubtful vote,
+    /// as the SET's own timeout would have been); `false` when none is pending.
     async fn next(&mut self, shared: &Shared) -> bool {
         if self.unanswered() == 0 {
             return false;
         }
-        let (slots, first) = (&mut self.slots, self.first);
+        let node_timeout = shared.settings.node_timeout;
+        let (slots, first, timer) = (&mut self.slots, self.first, &mut self.timer);
         let (index, (vote, link)) = poll_fn(|cx| {
-            poll_slots(slots, first, |slot| match slot {
-                Slot::Pending { set } => set.as_mut().poll(cx),
-                _ => Poll::Pending,
+            timer.poll_woken(cx, |cx, passed| {
+                if let Poll::Ready(reply) = poll_sets(slots, first, cx) {
+                    return Ok(reply);
+                }
+                if let Some(index) = given_up(slots, passed) {
+                    slots[index] = Slot::Unsent;
+                    let vote = Vote::Failed {
+                        error: NodeErrorKind::Timeout(node_timeout),
+                        sent: true,
+                    };
+                    // The plain SET went out on the node's cached connection: its release
+                    // follows it there, unless that connection broke meanwhile.
+                    return Ok((index, (vote, shared.nodes[index].cached_link())));
+                }
+                Err(next_deadline(slots, passed))
             })
         })
         .await;
@@ -594,15 +642,16 @@ impl Votes {
     ) -> ReleaseTally {
         // Replies that arrived since the decision are as good as settled.
         self.drain(shared);
+        let until = Instant::now() + shared.settings.node_timeout;
         for index in 0..self.slots.len() {
-            self.start_release(shared, index, keys, value, announce);
+            self.start_release(shared, index, keys, value, announce, until);
         }
         let mut tally = ReleaseTally::default();
         // Once every answered node answered, a straggler's release still gets a quarter of the
         // node timeout: a healthy straggler is a moment behind, and finishing it here costs less
         // than a background task (measured: +25 % cycles/s with 256 tasks). A frozen node is left
         // to the background.
-        let mut cap: Option<tokio::time::Instant> = None;
+        let mut cap: Option<Instant> = None;
         loop {
             let (mut settled, mut stragglers) = (false, false);
             for slot in &self.slots {
@@ -621,26 +670,37 @@ impl Votes {
                 break;
             }
             if !settled && !wait_stragglers {
-                let until = *cap.get_or_insert_with(|| {
-                    tokio::time::Instant::now() + shared.settings.node_timeout / 4
-                });
-                if tokio::time::Instant::now() >= until {
+                let until =
+                    *cap.get_or_insert_with(|| Instant::now() + shared.settings.node_timeout / 4);
+                if Instant::now() >= until {
                     break;
                 }
             }
-            let (slots, first) = (&mut self.slots, self.first);
+            let node_timeout = shared.settings.node_timeout;
+            let (slots, first, timer) = (&mut self.slots, self.first, &mut self.timer);
             let next = poll_fn(|cx| {
-                poll_slots(slots, first, |slot| match slot {
-                    Slot::Releasing { release, .. } => release.as_mut().poll(cx),
-                    _ => Poll::Pending,
+                timer.poll_woken(cx, |cx, passed| {
+                    let reply = poll_slots(slots, first, |slot| match slot {
+                        Slot::Releasing { release, .. } => release.as_mut().poll(cx),
+                        _ => Poll::Pending,
+                    });
+                    if let Poll::Ready(reply) = reply {
+                        return Ok(Some(reply));
+                    }
+                    if let Some(index) = given_up(slots, passed) {
+                        slots[index] = Slot::Unsent;
+                        let failed = Err(NodeErrorKind::Timeout(node_timeout));
+                        // The node is still owed a release, on the connection of a doubtful SET.
+                        return Ok(Some((index, (failed, shared.nodes[index].cached_link()))));
+                    }
+                    match cap {
+                        Some(cap) if !is_ahead(cap, passed) => Ok(None),
+                        cap => Err(next_deadline(slots, passed).into_iter().chain(cap).min()),
+                    }
                 })
             });
-            let (index, (result, link)) = match cap {
-                Some(until) => match tokio::time::timeout_at(until, next).await {
-                    Ok(reply) => reply,
-                    Err(_) => break,
-                },
-                None => next.await,
+            let Some((index, (result, link))) = next.await else {
+                break;
             };
             match result {
                 Ok(released) => {
@@ -670,7 +730,9 @@ impl Votes {
         tally
     }
 
-    /// Turns slot `index` into a release in flight if our token is or may be on that node.
+    /// Turns slot `index` into a release in flight if our token is or may be on that node. Its
+    /// driver gives it up at `until`; a straggler's release, which waits for its SET first, a
+    /// node timeout after that SET's deadline.
     fn start_release(
         &mut self,
         shared: &Arc<Shared>,
@@ -678,6 +740,7 @@ impl Votes {
         keys: &Keys,
         value: &Arc<str>,
         announce: bool,
+        until: Instant,
     ) {
         let slot = std::mem::replace(&mut self.slots[index], Slot::Unsent);
         let undo = self.undo(shared, index, keys, value, announce);
@@ -692,9 +755,10 @@ impl Votes {
                 let span = shared.nodes[index].release_span();
                 Slot::Releasing {
                     release: traced(span, async move {
-                        let result = undo.send(None, timeout).await;
+                        let result = undo.send(None).await;
                         (result, None)
                     }),
+                    until: Some(until),
                     straggler: false,
                 }
             }
@@ -710,9 +774,10 @@ impl Votes {
                 let span = shared.nodes[index].release_span();
                 Slot::Releasing {
                     release: traced(span, async move {
-                        let result = undo.send(link.as_ref(), timeout).await;
+                        let result = undo.send(link.as_ref()).await;
                         (result, link)
                     }),
+                    until: Some(until),
                     // A node whose SET got no answer is most likely slow, paused or gone: a
                     // failed attempt's cleanup (which announces nothing) gives its release the
                     // straggler's quarter of the node timeout, not the whole of it, and leaves
@@ -721,23 +786,41 @@ impl Votes {
                     straggler: doubtful && !announce,
                 }
             }
-            Slot::Pending { set } => Slot::Releasing {
+            Slot::Pending {
+                set,
+                until: set_until,
+            } => Slot::Releasing {
                 // The release waits for the SET's reply (or its timeout), then goes out on the
                 // same connection: it can never reach the node before the SET does
                 // (DESIGN.md §3.2 rule 7). Queueing it concurrently, right behind the unanswered
-                // SET, was measured to let it overtake the SET now and then.
+                // SET, was measured to let it overtake the SET now and then. Given up by its
+                // driver a node timeout after the SET's deadline if the SET is, or else bounded
+                // here by its own.
                 release: traced(shared.nodes[index].release_span(), async move {
                     let (vote, link) = set.await;
-                    let result = match vote {
+                    let follow = match vote {
                         Vote::Busy
                         | Vote::Queued(_)
                         | Vote::Handed
-                        | Vote::Failed { sent: false, .. } => Ok(false),
-                        Vote::Acquired(_) => undo.send(None, timeout).await,
-                        Vote::Failed { sent: true, .. } => undo.send(link.as_ref(), timeout).await,
+                        | Vote::Failed { sent: false, .. } => None,
+                        Vote::Acquired(_) => Some(None),
+                        Vote::Failed { sent: true, .. } => Some(link.as_ref()),
+                    };
+                    let result = match follow {
+                        None => Ok(false),
+                        Some(on) => {
+                            let release = undo.send(on);
+                            match set_until {
+                                Some(_) => release.await,
+                                None => tokio::time::timeout(timeout, release)
+                                    .await
+                                    .unwrap_or(Err(NodeErrorKind::Timeout(timeout))),
+                            }
+                        }
                     };
                     (result, link)
                 }),
+                until: set_until.map(|set_until| set_until + timeout),
                 straggler: true,
             },
             other => other,
@@ -850,9 +933,10 @@ impl Votes {
                 )
             })
             .collect();
+        let until = Instant::now() + shared.settings.node_timeout;
         for &index in &busy {
             self.busy -= 1;
-            self.start(shared, index, None);
+            self.start(shared, index, None, until);
         }
         !busy.is_empty()
     }
@@ -873,31 +957,50 @@ impl Votes {
         if self.is_clean() {
             return;
         }
+        let until = Instant::now() + shared.settings.node_timeout;
         for index in 0..self.slots.len() {
             // A release already in flight (of a `release` that returned at its quorum, or was
             // dropped mid-way) has been polled; one started here has not.
             let started_here = !matches!(self.slots[index], Slot::Releasing { .. });
-            self.start_release(&shared, index, &keys, &value, announce);
+            self.start_release(&shared, index, &keys, &value, announce, until);
             let slot = std::mem::replace(&mut self.slots[index], Slot::Unsent);
-            let Slot::Releasing { release, .. } = slot else {
+            let Slot::Releasing {
+                release,
+                until: release_until,
+                ..
+            } = slot
+            else {
                 continue;
             };
             let undo = self.undo(&shared, index, &keys, &value, announce);
+            // The first chore takes the votes' timer along: usually the only one, the last
+            // node's release once a held lock's release has its quorum.
+            let mut timer = std::mem::take(&mut self.timer);
             let mut chore: Chore = Box::pin(async move {
-                let (mut result, link) = release.await;
+                let node_timeout = undo.shared.settings.node_timeout;
+                let (mut result, link) = match timer.drive(release_until, release).await {
+                    Some(released) => released,
+                    // Given up: the node is still owed a release, on the connection of a
+                    // doubtful SET (see `Votes::next`).
+                    None => (
+                        Err(NodeErrorKind::Timeout(node_timeout)),
+                        undo.shared.nodes[index].cached_link(),
+                    ),
+                };
                 // Nobody waits for this one, and a key left behind blocks the resource for a
                 // whole ttl: a release that got no answer (an overloaded or restarting node; a
                 // command whose caller gave up before it was written is never sent) is tried
                 // again with a longer bound, on the same connection when it must follow a
                 // doubtful SET. Compare-and-delete is harmless to repeat.
-                let node_timeout = undo.shared.settings.node_timeout;
                 for _ in 1..BACKGROUND_TRIES {
                     if result.is_ok() {
                         break;
                     }
                     tokio::time::sleep(node_timeout).await;
                     let patient = node_timeout.max(BACKGROUND_TIMEOUT);
-                    result = undo.send(link.as_ref(), patient).await;
+                    result = tokio::time::timeout(patient, undo.send(link.as_ref()))
+                        .await
+                        .unwrap_or(Err(NodeErrorKind::Timeout(patient)));
                 }
                 match result {
                     Ok(released) => tracing::debug!(node = index, released, "background release"),
@@ -947,14 +1050,10 @@ struct NodeRelease {
 }
 
 impl NodeRelease {
-    /// Sends it on `link` (or any connection), waiting for the answer up to `timeout`. An
-    /// `async` block rather than an `async fn`, as [`Node::release`]: this future is allocated
-    /// for every node of every release.
-    fn send(
-        &self,
-        link: Option<&Link>,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<bool, NodeErrorKind>> {
+    /// Sends it on `link` (or any connection) and waits for the answer, without a bound of its
+    /// own (see [`Node::release`]). An `async` block rather than an `async fn`, as
+    /// [`Node::release`]: this future is allocated for every node of every release.
+    fn send(&self, link: Option<&Link>) -> impl Future<Output = Result<bool, NodeErrorKind>> {
         // The sequencer node's wait queue: its two keys and the waiting flag (see `scripts`).
         let queue: Option<[String; 3]> = self.queued.then(|| {
             let [list, entries] = scripts::wait_queue(&self.keys[0]);
@@ -989,7 +1088,7 @@ impl NodeRelease {
                 (None, None) => None,
             };
             self.shared.nodes[self.index]
-                .release(link, &self.keys, &self.value, self.wake, queue, timeout)
+                .release(link, &self.keys, &self.value, self.wake, queue)
                 .await
         }
     }
@@ -1031,6 +1130,37 @@ fn poll_slots<T>(
         }
     }
     Poll::Pending
+}
+
+/// Polls the slots' SETs ([`poll_slots`]).
+fn poll_sets(
+    slots: &mut [Slot],
+    first: usize,
+    cx: &mut Context<'_>,
+) -> Poll<(usize, (Vote, Option<Link>))> {
+    poll_slots(slots, first, |slot| match slot {
+        Slot::Pending { set, .. } => set.as_mut().poll(cx),
+        _ => Poll::Pending,
+    })
+}
+
+/// A slot whose command's deadline is not ahead of `passed` (see
+/// [`Timer::poll_woken`](crate::expiry::Timer::poll_woken)): its driver gives it up.
+fn given_up(slots: &[Slot], passed: Option<Instant>) -> Option<usize> {
+    passed?;
+    slots
+        .iter()
+        .position(|slot| slot.until().is_some_and(|until| !is_ahead(until, passed)))
+}
+
+/// The earliest deadline after `passed` of the commands in flight in `slots` that their driver
+/// gives up.
+fn next_deadline(slots: &[Slot], passed: Option<Instant>) -> Option<Instant> {
+    slots
+        .iter()
+        .filter_map(Slot::until)
+        .filter(|&until| is_ahead(until, passed))
+        .min()
 }
 
 /// How a release went, node by node.
@@ -1077,7 +1207,7 @@ mod tests {
             } else {
                 Box::pin(async { (Vote::Acquired(None), None) })
             };
-            votes.slots[index] = Slot::Pending { set };
+            votes.slots[index] = Slot::Pending { set, until: None };
         }
         let (granted, tally) = votes.decide(&shared).await;
         assert!(granted && tally.acquired == 2, "{tally:?}");

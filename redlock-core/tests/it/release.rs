@@ -189,3 +189,46 @@ async fn a_background_release_whose_first_try_failed_is_tried_again() {
     .await;
     assert!(gone, "the retry deleted the key long before its ttl");
 }
+
+/// A background release that gets no answer is given up at its bound and tried again, three
+/// tries in all, even while its connection stays open and silent: node 2 sits behind a proxy
+/// that holds every byte (the node looks frozen) and forwards them in order once healed. Each
+/// try reaching the proxy shows the one before was given up; a try waiting for ever would leave
+/// a task behind for every lock released while a node hangs. Once healed, the node runs all
+/// three tries and the key is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_release_that_gets_no_answer_is_given_up_and_tried_again() {
+    let nodes = cluster(3);
+    let proxy = Proxy::start(nodes[2].port()).expect("proxy starts");
+    let redlock = Redlock::builder()
+        .nodes([nodes[0].url(), nodes[1].url(), proxy.url()])
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let lock = redlock.lock("silent").await.unwrap();
+    assert!(stored_everywhere(&nodes, "redlock:silent").await);
+    proxy.set_mode(ProxyMode::Blackhole);
+    let release = lock.release().await.unwrap();
+    assert_eq!((release.released, release.pending), (2, 1), "{release:?}");
+    let held = eventually(Duration::from_secs(2), || proxy.blackholed_bytes() > 0).await;
+    assert!(held, "the first try reached the proxy");
+    let first = proxy.blackholed_bytes();
+    // The tries come 0.2 s + 0.2 s and 1 s + 0.2 s apart; the retries send the script's body,
+    // so they are no smaller than the first try.
+    let retried = eventually(Duration::from_secs(5), || {
+        proxy.blackholed_bytes() >= 3 * first
+    })
+    .await;
+    assert!(
+        retried,
+        "the background release was not tried three times: {} bytes held, the first try {first}",
+        proxy.blackholed_bytes()
+    );
+    proxy.heal();
+    let gone = eventually(Duration::from_secs(3), || {
+        nodes[2].get("redlock:silent").unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "the node deleted the key once it answered");
+}
