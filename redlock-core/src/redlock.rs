@@ -640,7 +640,9 @@ impl Redlock {
         let mut take_over: Option<TakeOver> = None;
         loop {
             let mut refused = Refused::default();
-            // The attempt went around the sequencer's line (asked every node at once).
+            // The attempt was granted around the sequencer's line: it asked every node at once,
+            // or the sequencer did not answer its ask and the other nodes granted it. Only an
+            // attempt the sequencer granted (or a hand-over it made) took us out of the line.
             let mut around_the_line = true;
             let outcome = match first.take() {
                 // The first round, already asked (see `lock_resources`): every node at once.
@@ -661,7 +663,6 @@ impl Redlock {
                         (true, false) => Approach::Sequenced,
                         (true, true) => Approach::InTurn,
                     };
-                    around_the_line = approach == Approach::Parallel && take_over.is_none();
                     in_turn = false;
                     // Refused, our ask leaves a trace that the next release looks for before it
                     // wakes anyone: our place in the wait queue, or a waiting flag that lives as
@@ -696,6 +697,7 @@ impl Redlock {
                         .and_then(|at| heir.registered().map(|token| (token.clone(), at)));
                     if let Some((token, handed)) = handed {
                         let outcome = self.attempt_handed(&target, ttl, token, handed, life).await;
+                        around_the_line = false;
                         // Won or lost, the registered token served its one hand-over.
                         heir = Heir::fresh();
                         if let Some(spot) = spot.as_mut() {
@@ -709,6 +711,8 @@ impl Redlock {
                         if let (Some(number), Some(_)) = (asked, refused.queued) {
                             heir.queued(number);
                         }
+                        around_the_line =
+                            approach == Approach::Parallel || refused.sequencer != Some(true);
                         outcome
                     }
                 }
@@ -716,9 +720,10 @@ impl Redlock {
             match outcome {
                 Ok(lock) => {
                     // Granted in turn, the sequencer node took us out of the queue. Granted
-                    // around it (the sequencer down or paused), we still stand in it: the spot
-                    // leaves it as it drops, and frees the key there if a release handed it to
-                    // our registered token meanwhile.
+                    // around it (the sequencer down or paused, when we asked every node or when
+                    // it did not answer our ask), we still stand in it: the spot leaves it as it
+                    // drops, and frees the key there if a release handed it to our registered
+                    // token meanwhile.
                     if let Some(spot) = spot.take()
                         && !around_the_line
                     {

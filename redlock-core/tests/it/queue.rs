@@ -1068,6 +1068,46 @@ async fn a_waiter_granted_around_a_paused_sequencer_leaves_its_line() {
     lock.release().await.unwrap();
 }
 
+/// A waiter in the sequencer's line whose ask met the sequencer paused, and that the other nodes
+/// then granted in the same attempt, leaves the line too. The holder, which took the lock in
+/// turn, releases while the sequencer is paused; its release runs there only once the node
+/// resumes, and hands the key over to the head of the line: our waiter's registered token. The
+/// waiter's leave frees it. Taken for out of the line, the waiter left the key held there for
+/// that token until its ttl ran out (found by the benchmark's row C32f, which pauses the nodes
+/// in turn).
+#[tokio::test]
+async fn a_waiter_granted_after_its_ask_met_a_paused_sequencer_leaves_no_key_there() {
+    let nodes = cluster(3);
+    let resource = sequenced_on_node_0("asked-while-paused");
+    let key = format!("redlock:{resource}");
+    let held = taken_in_turn(&nodes, &resource).await;
+    let waiter = asking_every(
+        &nodes,
+        Duration::from_millis(300),
+        Duration::from_millis(50),
+    );
+    waiter.connect().await.unwrap();
+    let waiting = wait_for(waiter, &resource, LockOptions::new());
+    assert!(in_line_soon(&nodes, &key, 1).await);
+    nodes[0].pause().unwrap();
+    // Released on the other nodes at once: the waiter's next ask, which waits out the paused
+    // sequencer first, finds them free.
+    held.release().await.unwrap();
+    let lock = waiting.await.unwrap().expect("served by the live nodes");
+    nodes[0].resume().unwrap();
+    lock.release().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || nodes[0]
+            .get(&key)
+            .unwrap()
+            .is_none())
+        .await,
+        "a key is left on the sequencer: {:?}",
+        nodes[0].get(&key)
+    );
+    assert_eq!(queued(&nodes, &key), 0, "the waiter still stands in line");
+}
+
 /// A client that found a key's sequencer node paused remembers it for a while: its next wait, on
 /// another key of that node, asks every node at once from the start instead of waiting out the
 /// node's 1 s timeout twice (subscribing there, then asking there first) to find out again.
