@@ -585,18 +585,19 @@ impl Node {
 
     /// Leaves the wait queue of `key` (a waiter that stopped waiting), freeing the key if it
     /// was handed over to `heir` (our registered token) meanwhile, and waking the next waiter
-    /// if the lock is free.
+    /// if the lock is free. Waits for the answer up to `timeout`.
     #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn leave_queue(
         &self,
         key: &str,
         waiter: &str,
         heir: Option<&str>,
+        timeout: Duration,
     ) -> Result<(), NodeErrorKind> {
         let link = self.link().await?;
         let queue = scripts::wait_queue(key);
         let _: i64 = self
-            .eval(&link, &scripts::LEAVE_QUEUE, true, self.timeout, |cmd| {
+            .eval(&link, &scripts::LEAVE_QUEUE, true, timeout, |cmd| {
                 cmd.arg(3)
                     .arg(key)
                     .arg(&queue[..])

@@ -27,7 +27,7 @@ use crate::{
     silence::Silence,
     timing,
     token::LockToken,
-    votes::{Heirship, Votes},
+    votes::{BACKGROUND_TIMEOUT, BACKGROUND_TRIES, Heirship, Votes},
 };
 
 /// Pauses before a waiter whose turn came asks the nodes that were still held again (see
@@ -55,8 +55,9 @@ fn queue_lease(retry: &Retry) -> Duration {
         .max(Duration::from_secs(1))
 }
 
-/// Our place in a wait queue: leaves it (in the background) when dropped still armed, i.e. when
-/// the waiter gave up, failed or was cancelled before it was granted the lock.
+/// Our place in a wait queue: leaves it (in the background, tried again while it gets no
+/// answer) when dropped still armed, i.e. when the waiter gave up, failed or was cancelled
+/// before it was granted the lock, or was granted around the line.
 struct QueueSpot {
     shared: Arc<Shared>,
     key: String,
@@ -93,9 +94,26 @@ impl Drop for QueueSpot {
         runtime.spawn(
             async move {
                 let waiter = shared.notifier.waiter().clone();
-                let leave = shared.nodes[node].leave_queue(&key, &waiter, heir.as_deref());
-                if let Err(error) = leave.await {
-                    debug!(%error, "could not leave the wait queue; the lease will drop us");
+                // Left in line, a release there would hand the key over to our registered
+                // token, and nobody would free it before its ttl. A leave that got no answer
+                // may never have been sent (a command whose caller gave up before it was
+                // written is dropped, which a paused node's backlog makes likely), so it is
+                // tried again, as a background release is; leaving is harmless to repeat.
+                let node_timeout = shared.settings.node_timeout;
+                let mut timeout = node_timeout;
+                for tries_left in (0..BACKGROUND_TRIES).rev() {
+                    let leave = shared.nodes[node].leave_queue(&key, &waiter, heir.as_deref(), timeout);
+                    match leave.await {
+                        Ok(()) => break,
+                        Err(error) if tries_left == 0 => {
+                            debug!(%error, "could not leave the wait queue; the lease will drop us");
+                        }
+                        Err(error) => {
+                            debug!(%error, "could not leave the wait queue yet: trying again");
+                            tokio::time::sleep(node_timeout).await;
+                            timeout = node_timeout.max(BACKGROUND_TIMEOUT);
+                        }
+                    }
                 }
                 // A holder may have named our token to the other nodes (see `handover`).
                 if let Some(token) = heir {

@@ -31,12 +31,12 @@ use crate::{
 };
 
 /// How often a release that nobody waits for is tried before its key is left to expire.
-const BACKGROUND_TRIES: usize = 3;
+pub(crate) const BACKGROUND_TRIES: usize = 3;
 
 /// How long a release that nobody waits for may take once it is tried again. The node timeout
 /// bounds how long a caller waits; in the background only the key's expiry does, and an
 /// overloaded node that answers late still deletes the key sooner than its ttl would.
-const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A node's `SET NX PX`, driven in place by whoever holds the [`Votes`]: the attempt while it
 /// decides, the lock's release, or a background task once nobody waits. The plain SET has no

@@ -1108,6 +1108,43 @@ async fn a_waiter_granted_after_its_ask_met_a_paused_sequencer_leaves_no_key_the
     assert_eq!(queued(&nodes, &key), 0, "the waiter still stands in line");
 }
 
+/// A waiter that stops waiting leaves the sequencer's line even when its first try to leave gets
+/// no answer: the leave is tried again, as a background release is. The sequencer sits behind a
+/// proxy that holds the leave (the node looks frozen), then drops it with the connection, as a
+/// paused node's backlog drops commands whose caller gave up before they were written. Left in
+/// line (its lease runs 8 s), the waiter would be handed the key at the next release there, for
+/// a token nobody frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_that_gets_no_answer_is_tried_again() {
+    let nodes = cluster(3);
+    let resource = sequenced_on_node_0("leave-again");
+    let key = format!("redlock:{resource}");
+    let proxy = redlock_tests::Proxy::start(nodes[0].port()).expect("proxy starts");
+    let waiter = Redlock::builder()
+        .nodes([proxy.url(), nodes[1].url(), nodes[2].url()])
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(200))
+        .retry(Retry::new(1_000, Duration::from_secs(2), Duration::ZERO))
+        .build()
+        .unwrap();
+    waiter.connect().await.unwrap();
+    let held = redlock(&nodes).lock(&resource).await.unwrap();
+    let waiting = wait_for(waiter, &resource, LockOptions::new());
+    assert!(in_line_soon(&nodes, &key, 1).await);
+    proxy.set_mode(redlock_tests::ProxyMode::Blackhole);
+    waiting.abort();
+    let held_back = eventually(Duration::from_secs(2), || proxy.blackholed_bytes() > 0).await;
+    assert!(held_back, "the leave reached the proxy");
+    // The first try is lost with its connection; new connections go through.
+    proxy.reset_connections();
+    proxy.heal();
+    assert!(
+        eventually(Duration::from_secs(3), || queued(&nodes, &key) == 0).await,
+        "the waiter still stands in the sequencer's line"
+    );
+    held.release().await.unwrap();
+}
+
 /// A client that found a key's sequencer node paused remembers it for a while: its next wait, on
 /// another key of that node, asks every node at once from the start instead of waiting out the
 /// node's 1 s timeout twice (subscribing there, then asking there first) to find out again.
