@@ -15,10 +15,11 @@
 //!
 //! Options:
 //!
-//! - `--rows A,Ai,B,Bi,C,Ci,D` rows to run (default all): A one client, sequential; B 32 and 256
-//!   tasks on distinct keys; C 32 tasks contending for one key (`C1` or `C32` alone runs one of
-//!   its two rows); Ai, Bi (B32i, B256i) and Ci (C32i) the same with the clients taking turns in
-//!   short bursts within one run; D 10,000 auto-extended locks held at once.
+//! - `--rows A,Ai,B,Bi,C,Ci,Cf,D` rows to run (default all): A one client, sequential; B 32 and
+//!   256 tasks on distinct keys; C 32 tasks contending for one key (`C1` or `C32` alone runs one
+//!   of its two rows); Ai, Bi (B32i, B256i) and Ci (C32i) the same with the clients taking turns
+//!   in short bursts within one run; Cf (C32f) row C32 while the nodes are paused in turn (on the
+//!   bench's own nodes only); D 10,000 auto-extended locks held at once.
 //! - `--secs N` measured seconds per row and client (default 3), after `--warmup N` (default 0.5).
 //! - `--rounds R` repeat every row R times and report medians (default 1).
 //! - `--hold-locks N`, `--hold-secs N`, `--hold-ttl-ms N` shape row D (defaults 10000, 30, 3000).
@@ -82,6 +83,10 @@ const BURST_MANY: Duration = Duration::from_millis(100);
 const BURST_CONTENDED: Duration = Duration::from_millis(500);
 /// Tasks contending in row C.
 const CONTENDERS: usize = 32;
+/// Row C32f's faults: one node after the other is paused for [`FAULT_PAUSE`] every
+/// [`FAULT_EVERY`], the key's sequencer node in its turn.
+const FAULT_EVERY: Duration = Duration::from_millis(1000);
+const FAULT_PAUSE: Duration = Duration::from_millis(300);
 /// Row C retry pause, for ours and the floor alike: 5 ms plus up to 5 ms of jitter.
 const POLL_DELAY: Duration = Duration::from_millis(5);
 /// /proc/self/stat counts CPU time in clock ticks of 1/USER_HZ s; USER_HZ is 100 on Linux.
@@ -116,7 +121,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     };
 
     let outcome = tokio::select! {
-        outcome = run(&args, &urls, cluster.is_some()) => outcome,
+        outcome = run(&args, &urls, cluster.as_ref()) => outcome,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("interrupted: stopping the nodes");
             Ok(())
@@ -126,7 +131,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     outcome.map_err(|e| e as Box<dyn Error>)
 }
 
-async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxError> {
+async fn run(args: &Args, urls: &[String], cluster: Option<&Cluster>) -> Result<(), BoxError> {
+    let own_nodes = cluster.is_some();
     let floor = Floor::connect(urls).await?;
     let version = floor
         .server_version()
@@ -174,7 +180,7 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
     if args
         .rows
         .iter()
-        .any(|r| ["C", "C32", "CI"].contains(&r.as_str()))
+        .any(|r| ["C", "C32", "CI", "CF"].contains(&r.as_str()))
     {
         for _ in 0..CONTENDERS {
             ours_apart.push(Client::Ours(builder().retry(forever).build()?));
@@ -212,28 +218,42 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                     id: "C1",
                     clients: 1,
                     turns: false,
+                    faults: false,
                 });
                 rows.push(Row::Contended {
                     id: "C32",
                     clients: CONTENDERS,
                     turns: false,
+                    faults: false,
                 });
             }
             "C1" => rows.push(Row::Contended {
                 id: "C1",
                 clients: 1,
                 turns: false,
+                faults: false,
             }),
             "CI" => rows.push(Row::Contended {
                 id: "C32i",
                 clients: CONTENDERS,
                 turns: true,
+                faults: false,
             }),
             "C32" => rows.push(Row::Contended {
                 id: "C32",
                 clients: CONTENDERS,
                 turns: false,
+                faults: false,
             }),
+            "CF" if own_nodes => rows.push(Row::Contended {
+                id: "C32f",
+                clients: CONTENDERS,
+                turns: false,
+                faults: true,
+            }),
+            "CF" => {
+                eprintln!("row C32f pauses the nodes, so it runs on the bench's own only: skipped")
+            }
             "D" => rows.push(Row::Hold),
             _ => unreachable!("rows are validated when parsed"),
         }
@@ -328,6 +348,22 @@ async fn run(args: &Args, urls: &[String], own_nodes: bool) -> Result<(), BoxErr
                         unreachable!("interleaved rows run their clients together, above")
                     }
                     Row::Contended { clients: 1, .. } => contended(&[client], args, &floor).await,
+                    Row::Contended { faults: true, .. } => {
+                        let clients = if ours_turn {
+                            &ours_apart
+                        } else {
+                            &floors_apart
+                        };
+                        let Some(cluster) = cluster else {
+                            unreachable!("row C32f is only planned on the bench's own nodes")
+                        };
+                        let (mut metrics, paused) = tokio::join!(
+                            contended(clients, args, &floor),
+                            pause_nodes_in_turn(cluster, args)
+                        );
+                        metrics.insert("pauses", paused as f64);
+                        metrics
+                    }
                     Row::Contended { .. } if ours_turn => {
                         contended(&ours_apart, args, &floor).await
                     }
@@ -820,14 +856,26 @@ impl Floor {
             left = self.leftovers(own_nodes).await?;
         }
         if left > 0 {
-            for conn in self.conns.iter() {
+            for (node, conn) in self.conns.iter().enumerate() {
                 let mut conn = conn.clone();
                 let keys: Vec<String> = redis::cmd("KEYS")
                     .arg(BENCH_PATTERN)
                     .query_async(&mut conn)
                     .await?;
                 if let Some(sample) = keys.first() {
-                    eprintln!("  {} leftover keys on a node, e.g. {sample}", keys.len());
+                    let ttl: i64 = redis::cmd("PTTL")
+                        .arg(sample)
+                        .query_async(&mut conn)
+                        .await?;
+                    let value: Option<String> = redis::cmd("GET")
+                        .arg(sample)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or(None);
+                    eprintln!(
+                        "  {} leftover keys on node {node}, e.g. {sample} = {value:?} (expires in {ttl} ms)",
+                        keys.len()
+                    );
                 }
                 for chunk in keys.chunks(1000) {
                     redis::cmd("DEL")
@@ -856,11 +904,13 @@ enum Row {
         tasks: usize,
     },
     /// `CONTENDERS` tasks spread over `clients` clients; with `turns`, the clients take turns
-    /// in bursts ([`contended_turns`]).
+    /// in bursts ([`contended_turns`]); with `faults`, the nodes are paused in turn meanwhile
+    /// ([`pause_nodes_in_turn`]).
     Contended {
         id: &'static str,
         clients: usize,
         turns: bool,
+        faults: bool,
     },
     Hold,
 }
@@ -1105,6 +1155,35 @@ async fn contended(clients: &[Client], args: &Args, floor: &Floor) -> Metrics {
         per_task.push(joined.unwrap_or_else(|_| (Vec::new(), 1)));
     }
     contended_metrics(per_task, &exclusion, args.secs, cpu)
+}
+
+/// Row C32f's faults, from now until the row's end (its warm-up and measured time): every
+/// [`FAULT_EVERY`] the next node is paused (`SIGSTOP`) for [`FAULT_PAUSE`], so every node, the
+/// key's sequencer node among them, is paused in turn and a majority always answers. Returns
+/// how many pauses there were; every node is running again when it returns.
+async fn pause_nodes_in_turn(cluster: &Cluster, args: &Args) -> usize {
+    let end = Instant::now() + args.warmup + args.secs;
+    let mut paused = 0;
+    loop {
+        tokio::time::sleep(FAULT_EVERY - FAULT_PAUSE).await;
+        if Instant::now() + FAULT_PAUSE > end {
+            return paused;
+        }
+        let node = cluster.node(paused % cluster.len());
+        // Signals and a short wait for the process to stop: blocking, but brief.
+        if let Err(error) = tokio::task::block_in_place(|| node.pause()) {
+            eprintln!("  could not pause node {}: {error}", paused % cluster.len());
+            return paused;
+        }
+        tokio::time::sleep(FAULT_PAUSE).await;
+        if let Err(error) = tokio::task::block_in_place(|| node.resume()) {
+            eprintln!(
+                "  could not resume node {}: {error}",
+                paused % cluster.len()
+            );
+        }
+        paused += 1;
+    }
 }
 
 /// Row C32i: row C32 with the clients taking turns in bursts of [`BURST_CONTENDED`] (the
@@ -1800,14 +1879,14 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: bench [--rows A,Ai,B,Bi,C,Ci,D] [--secs N] [--warmup N] [--rounds R] \
+const USAGE: &str = "usage: bench [--rows A,Ai,B,Bi,C,Ci,Cf,D] [--secs N] [--warmup N] [--rounds R] \
 [--hold-locks N] [--hold-secs N] [--hold-ttl-ms N] [--node-timeout-ms N] [--clients ours,floor,floor-q,ping-q] [--hold-here] [--json PATH]";
 
 impl Args {
     /// `None` when only the usage was asked for.
     fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let mut args = Args {
-            rows: ["A", "AI", "B", "BI", "C", "CI", "D"]
+            rows: ["A", "AI", "B", "BI", "C", "CI", "CF", "D"]
                 .map(str::to_owned)
                 .to_vec(),
             secs: Duration::from_secs(3),
@@ -1858,12 +1937,12 @@ impl Args {
                         .collect();
                     if args.rows.is_empty()
                         || args.rows.iter().any(|r| {
-                            !["A", "AI", "B", "BI", "C", "C1", "C32", "CI", "D"]
+                            !["A", "AI", "B", "BI", "C", "C1", "C32", "CI", "CF", "D"]
                                 .contains(&r.as_str())
                         })
                     {
                         return Err(format!(
-                            "--rows takes a list of A, Ai, B, Bi, C (or C1, C32), Ci, D\n{USAGE}"
+                            "--rows takes a list of A, Ai, B, Bi, C (or C1, C32), Ci, Cf, D\n{USAGE}"
                         ));
                     }
                 }
