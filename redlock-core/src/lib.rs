@@ -129,8 +129,12 @@
 //! (`handover::a_waiter_does_not_wait_for_a_paused_node_to_listen`). With the sequencer itself
 //! down or paused nobody can stand in line, and the client's waiters ask every node at once for
 //! a while (`queue::a_paused_sequencer_node_costs_a_waiter_no_node_timeout_per_ask`,
-//! `queue::a_client_remembers_a_paused_sequencer_node_for_its_next_wait`). The retry pause is
-//! only a fallback bound.
+//! `queue::a_client_remembers_a_paused_sequencer_node_for_its_next_wait`). A waiter granted
+//! around the line leaves it, which frees the key there if the sequencer, once it answers, hands
+//! it over to the waiter's token (`queue::a_waiter_granted_around_a_paused_sequencer_leaves_its_line`,
+//! `queue::a_waiter_granted_after_its_ask_met_a_paused_sequencer_leaves_no_key_there`), and
+//! leaving is tried again while it gets no answer (`queue::a_leave_that_gets_no_answer_is_tried_again`).
+//! The retry pause is only a fallback bound.
 //! Auto-extended locks are renewed in batches of up to 100 per node and script call.
 //!
 //! # Fencing
