@@ -166,20 +166,7 @@ async fn release_returns_at_quorum_and_finishes_the_last_node_in_the_background(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_release_whose_first_try_failed_is_tried_again() {
     let nodes = cluster(3);
-    let proxy = Proxy::start(nodes[2].port()).expect("proxy starts");
-    let redlock = Redlock::builder()
-        .nodes([nodes[0].url(), nodes[1].url(), proxy.url()])
-        .ttl(Duration::from_secs(10))
-        .node_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let lock = redlock.lock("again").await.unwrap();
-    assert!(stored_everywhere(&nodes, "redlock:again").await);
-    proxy.set_mode(ProxyMode::Blackhole);
-    let release = lock.release().await.unwrap();
-    assert_eq!((release.released, release.pending), (2, 1), "{release:?}");
-    let held = eventually(Duration::from_secs(2), || proxy.blackholed_bytes() > 0).await;
-    assert!(held, "the release reached the proxy");
+    let proxy = released_while_node_2_is_frozen(&nodes, "again").await;
     // The first try is lost with its connection; new connections go through.
     proxy.reset_connections();
     proxy.heal();
@@ -199,20 +186,7 @@ async fn a_background_release_whose_first_try_failed_is_tried_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_release_that_gets_no_answer_is_given_up_and_tried_again() {
     let nodes = cluster(3);
-    let proxy = Proxy::start(nodes[2].port()).expect("proxy starts");
-    let redlock = Redlock::builder()
-        .nodes([nodes[0].url(), nodes[1].url(), proxy.url()])
-        .ttl(Duration::from_secs(10))
-        .node_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    let lock = redlock.lock("silent").await.unwrap();
-    assert!(stored_everywhere(&nodes, "redlock:silent").await);
-    proxy.set_mode(ProxyMode::Blackhole);
-    let release = lock.release().await.unwrap();
-    assert_eq!((release.released, release.pending), (2, 1), "{release:?}");
-    let held = eventually(Duration::from_secs(2), || proxy.blackholed_bytes() > 0).await;
-    assert!(held, "the first try reached the proxy");
+    let proxy = released_while_node_2_is_frozen(&nodes, "silent").await;
     let first = proxy.blackholed_bytes();
     // The tries come 0.2 s + 0.2 s and 1 s + 0.2 s apart; the retries send the script's body,
     // so they are no smaller than the first try.
@@ -231,4 +205,25 @@ async fn a_background_release_that_gets_no_answer_is_given_up_and_tried_again() 
     })
     .await;
     assert!(gone, "the node deleted the key once it answered");
+}
+
+/// Takes `resource` with node 2 behind a proxy (node timeout 200 ms, ttl 10 s), makes the proxy
+/// hold every byte (node 2 looks frozen), releases the lock (at the quorum of the other two) and
+/// waits until the release's first try on node 2 reached the proxy. Returns the proxy.
+async fn released_while_node_2_is_frozen(nodes: &redlock_tests::Cluster, resource: &str) -> Proxy {
+    let proxy = Proxy::start(nodes[2].port()).expect("proxy starts");
+    let redlock = Redlock::builder()
+        .nodes([nodes[0].url(), nodes[1].url(), proxy.url()])
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let lock = redlock.lock(resource).await.unwrap();
+    assert!(stored_everywhere(nodes, &format!("redlock:{resource}")).await);
+    proxy.set_mode(ProxyMode::Blackhole);
+    let release = lock.release().await.unwrap();
+    assert_eq!((release.released, release.pending), (2, 1), "{release:?}");
+    let held = eventually(Duration::from_secs(2), || proxy.blackholed_bytes() > 0).await;
+    assert!(held, "the release's first try reached the proxy");
+    proxy
 }
