@@ -517,8 +517,15 @@ impl Votes {
     /// `next` stops at the first reply, so a SET polled after it (the sequencer node's, polled
     /// last) may not have gone out when the vote was decided, and would then wait for the
     /// release (found under load: the lock held on two nodes of three for its life).
+    ///
+    /// A granted vote drops its timer: the lock may be held for long, and released from another
+    /// runtime than the one the timer belongs to (a timer whose runtime shut down panics when
+    /// polled), so its release arms one of its own. Nothing is driven while the lock is held.
     fn decided(&mut self, shared: &Shared, granted: bool, acquired: usize) -> (bool, Tally) {
         self.drain(shared);
+        if granted {
+            self.timer = Timer::default();
+        }
         (
             granted,
             Tally {

@@ -227,3 +227,38 @@ async fn released_while_node_2_is_frozen(nodes: &redlock_tests::Cluster, resourc
     assert!(held, "the release's first try reached the proxy");
     proxy
 }
+
+/// A lock taken on one runtime can be released on another once the first has shut down: the
+/// release does not poll a timer of the dead runtime (tokio panics on that). The connections were
+/// dialled on a third runtime that stays up, as a service's shared client's would be.
+#[test]
+fn a_lock_taken_on_a_runtime_that_shut_down_is_released_on_another() {
+    let nodes = cluster(3);
+    let redlock = redlock(&nodes);
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let connections = runtime();
+    connections.block_on(redlock.connect()).unwrap();
+    let first = runtime();
+    let lock = first.block_on(async {
+        let lock = redlock.lock("moved").await.unwrap();
+        assert!(stored_everywhere(&nodes, "redlock:moved").await);
+        lock
+    });
+    drop(first);
+    let second = runtime();
+    let release = second.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), lock.release())
+            .await
+            .expect("the release ends")
+    });
+    // It returns at the quorum; the last node's release finishes in the background.
+    assert!(release.unwrap().released >= 2);
+    assert!(second.block_on(gone_everywhere(&nodes, "redlock:moved")));
+    drop(connections);
+}
