@@ -27,7 +27,7 @@ use crate::{
     silence::Silence,
     timing,
     token::LockToken,
-    votes::{BACKGROUND_TIMEOUT, BACKGROUND_TRIES, Heirship, Votes},
+    votes::{Heirship, Votes, tried_again},
 };
 
 /// Pauses before a waiter whose turn came asks the nodes that were still held again (see
@@ -95,25 +95,14 @@ impl Drop for QueueSpot {
             async move {
                 let waiter = shared.notifier.waiter().clone();
                 // Left in line, a release there would hand the key over to our registered
-                // token, and nobody would free it before its ttl. A leave that got no answer
-                // may never have been sent (a command whose caller gave up before it was
-                // written is dropped, which a paused node's backlog makes likely), so it is
-                // tried again, as a background release is; leaving is harmless to repeat.
+                // token, and nobody would free it before its ttl: leaving is tried again while
+                // it gets no answer (harmless to repeat).
+                let sequencer = &shared.nodes[node];
+                let leave = |bound| sequencer.leave_queue(&key, &waiter, heir.as_deref(), bound);
                 let node_timeout = shared.settings.node_timeout;
-                let mut timeout = node_timeout;
-                for tries_left in (0..BACKGROUND_TRIES).rev() {
-                    let leave = shared.nodes[node].leave_queue(&key, &waiter, heir.as_deref(), timeout);
-                    match leave.await {
-                        Ok(()) => break,
-                        Err(error) if tries_left == 0 => {
-                            debug!(%error, "could not leave the wait queue; the lease will drop us");
-                        }
-                        Err(error) => {
-                            debug!(%error, "could not leave the wait queue yet: trying again");
-                            tokio::time::sleep(node_timeout).await;
-                            timeout = node_timeout.max(BACKGROUND_TIMEOUT);
-                        }
-                    }
+                let left = tried_again(node_timeout, leave(node_timeout).await, leave).await;
+                if let Err(error) = left {
+                    debug!(%error, "could not leave the wait queue; the lease will drop us");
                 }
                 // A holder may have named our token to the other nodes (see `handover`).
                 if let Some(token) = heir {

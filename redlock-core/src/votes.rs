@@ -31,12 +31,38 @@ use crate::{
 };
 
 /// How often a release that nobody waits for is tried before its key is left to expire.
-pub(crate) const BACKGROUND_TRIES: usize = 3;
+const BACKGROUND_TRIES: usize = 3;
 
 /// How long a release that nobody waits for may take once it is tried again. The node timeout
 /// bounds how long a caller waits; in the background only the key's expiry does, and an
 /// overloaded node that answers late still deletes the key sooner than its ttl would.
-pub(crate) const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Node work that nobody waits for and that got no answer at its first try (`first`), tried
+/// again by `again` with the bound it is given: after a node timeout's pause each time, with
+/// the longer of the node timeout and [`BACKGROUND_TIMEOUT`], [`BACKGROUND_TRIES`] tries in all.
+/// For work that is harmless to repeat (a compare-and-delete, leaving a wait queue): an
+/// overloaded or restarting node may answer late, and a command whose caller gave up before it
+/// was written is never sent, which a paused node's backlog makes likely.
+pub(crate) async fn tried_again<T, F, Fut>(
+    node_timeout: Duration,
+    first: Result<T, NodeErrorKind>,
+    mut again: F,
+) -> Result<T, NodeErrorKind>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, NodeErrorKind>>,
+{
+    let mut result = first;
+    for _ in 1..BACKGROUND_TRIES {
+        if result.is_ok() {
+            break;
+        }
+        tokio::time::sleep(node_timeout).await;
+        result = again(node_timeout.max(BACKGROUND_TIMEOUT)).await;
+    }
+    result
+}
 
 /// A node's `SET NX PX`, driven in place by whoever holds the [`Votes`]: the attempt while it
 /// decides, the lock's release, or a background task once nobody waits. The plain SET has no
@@ -434,8 +460,7 @@ impl Votes {
                 if let Poll::Ready(reply) = poll_sets(slots, first, cx) {
                     return Ok(reply);
                 }
-                if let Some(index) = given_up(slots, passed) {
-                    slots[index] = Slot::Unsent;
+                if let Some(index) = give_up(slots, passed) {
                     let vote = Vote::Failed {
                         error: NodeErrorKind::Timeout(node_timeout),
                         sent: true,
@@ -694,8 +719,7 @@ impl Votes {
                     if let Poll::Ready(reply) = reply {
                         return Ok(Some(reply));
                     }
-                    if let Some(index) = given_up(slots, passed) {
-                        slots[index] = Slot::Unsent;
+                    if let Some(index) = give_up(slots, passed) {
                         let failed = Err(NodeErrorKind::Timeout(node_timeout));
                         // The node is still owed a release, on the connection of a doubtful SET.
                         return Ok(Some((index, (failed, shared.nodes[index].cached_link()))));
@@ -985,7 +1009,7 @@ impl Votes {
             let mut timer = std::mem::take(&mut self.timer);
             let mut chore: Chore = Box::pin(async move {
                 let node_timeout = undo.shared.settings.node_timeout;
-                let (mut result, link) = match timer.drive(release_until, release).await {
+                let (result, link) = match timer.drive(release_until, release).await {
                     Some(released) => released,
                     // Given up: the node is still owed a release, on the connection of a
                     // doubtful SET (see `Votes::next`).
@@ -995,20 +1019,15 @@ impl Votes {
                     ),
                 };
                 // Nobody waits for this one, and a key left behind blocks the resource for a
-                // whole ttl: a release that got no answer (an overloaded or restarting node; a
-                // command whose caller gave up before it was written is never sent) is tried
-                // again with a longer bound, on the same connection when it must follow a
-                // doubtful SET. Compare-and-delete is harmless to repeat.
-                for _ in 1..BACKGROUND_TRIES {
-                    if result.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(node_timeout).await;
-                    let patient = node_timeout.max(BACKGROUND_TIMEOUT);
-                    result = tokio::time::timeout(patient, undo.send(link.as_ref()))
+                // whole ttl: a release that got no answer is tried again, on the same connection
+                // when it must follow a doubtful SET.
+                let (undo, link) = (&undo, link.as_ref());
+                let result = tried_again(node_timeout, result, |bound| async move {
+                    tokio::time::timeout(bound, undo.send(link))
                         .await
-                        .unwrap_or(Err(NodeErrorKind::Timeout(patient)));
-                }
+                        .unwrap_or(Err(NodeErrorKind::Timeout(bound)))
+                })
+                .await;
                 match result {
                     Ok(released) => tracing::debug!(node = index, released, "background release"),
                     Err(error) => tracing::debug!(
@@ -1151,13 +1170,16 @@ fn poll_sets(
     })
 }
 
-/// A slot whose command's deadline is not ahead of `passed` (see
-/// [`Timer::poll_woken`](crate::expiry::Timer::poll_woken)): its driver gives it up.
-fn given_up(slots: &[Slot], passed: Option<Instant>) -> Option<usize> {
+/// Gives up (drops, leaving the slot unsent for its caller to settle) a command whose deadline
+/// is not ahead of `passed` (see [`Timer::poll_woken`](crate::expiry::Timer::poll_woken)), and
+/// returns its slot's index.
+fn give_up(slots: &mut [Slot], passed: Option<Instant>) -> Option<usize> {
     passed?;
-    slots
+    let index = slots
         .iter()
-        .position(|slot| slot.until().is_some_and(|until| !is_ahead(until, passed)))
+        .position(|slot| slot.until().is_some_and(|until| !is_ahead(until, passed)))?;
+    slots[index] = Slot::Unsent;
+    Some(index)
 }
 
 /// The earliest deadline after `passed` of the commands in flight in `slots` that their driver
