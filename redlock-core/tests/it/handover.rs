@@ -10,7 +10,9 @@ use redlock_core::{Lock, LockOptions, Redlock, Retry};
 use crate::queue::{
     asking_every, deafen, in_line_soon, patient, queued, sequencer, taken_in_turn, wait_for,
 };
-use crate::support::{cluster, command_calls, eventually, gone_everywhere, redlock_with};
+use crate::support::{
+    cluster, command_calls, eventually, gone_everywhere, held_everywhere, redlock_with,
+};
 
 type Waiting = tokio::task::JoinHandle<Result<Lock, redlock_core::Error>>;
 
@@ -233,7 +235,7 @@ async fn a_waiter_does_not_wait_for_a_paused_node_to_listen() {
     let nodes = cluster(3);
     let key = "redlock:paused";
     let holder = redlock_with(&nodes, |b| b.node_timeout(Duration::from_secs(2)));
-    let held = holder.lock("paused").await.unwrap();
+    let held = held_everywhere(&nodes, &holder, "paused").await;
     let paused = others(&nodes, key).next().expect("another node");
     paused.pause().unwrap();
     let waiter = slow_to_fall_back(&nodes, Duration::from_secs(5));

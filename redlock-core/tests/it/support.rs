@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use redlock_core::{Redlock, RedlockBuilder, Retry};
+use redlock_core::{Lock, Redlock, RedlockBuilder, Retry};
 use redlock_tests::Cluster;
 
 pub(crate) fn cluster(n: usize) -> Cluster {
@@ -57,6 +57,19 @@ pub(crate) async fn stored_everywhere(cluster: &Cluster, key: &str) -> bool {
         values(cluster, key).iter().all(Option::is_some)
     })
     .await
+}
+
+/// `client`'s lock on `resource`, once its key is stored on every node. `lock` returns at quorum
+/// and its last SET lands a moment later: a waiter that asked in between could take that node's
+/// key first. On the key's sequencer node that leaves the holder without a key there and the
+/// waiter with no line to join, so tests of waiting start from a lock held everywhere.
+pub(crate) async fn held_everywhere(cluster: &Cluster, client: &Redlock, resource: &str) -> Lock {
+    let lock = client.lock(resource).await.expect("lock taken");
+    assert!(
+        stored_everywhere(cluster, &format!("redlock:{resource}")).await,
+        "the holder's key reached every node"
+    );
+    lock
 }
 
 /// Waits up to 2 s for `key` to be gone from every node: `release` returns at quorum, and the
