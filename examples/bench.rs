@@ -564,7 +564,11 @@ impl Floor {
     async fn connect(urls: &[String]) -> Result<Floor, BoxError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)));
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            // As our client's connections have it (`redlock_core`'s `PIPELINE_BUFFER`): with
+            // redis-rs's default of 50, hundreds of tasks wait for room on each connection, and
+            // the floor would be slowed by a setting rather than by what it sends.
+            .set_pipeline_buffer_size(1024);
         let mut conns = Vec::with_capacity(urls.len());
         let (mut release_sha, mut extend_sha) = (String::new(), String::new());
         for url in urls {
