@@ -70,7 +70,10 @@ impl RedlockBuilder {
     /// Adds a node through a bb8-redis pool you built yourself. Its `connection_timeout` should
     /// not exceed the node timeout (every call is bounded by the node timeout anyway), and it
     /// should use `test_on_check_out(true)` if the node may restart, since bb8-redis cannot tell a
-    /// dead connection otherwise. Defaults to no pools.
+    /// dead connection otherwise. Its connections keep redis-rs's defaults, among them room for
+    /// 50 commands waiting to be written, which a client with hundreds of locks in flight outgrows
+    /// (its tasks then wait for room); the pools built from URLs ([`node`](Self::node)) make room
+    /// for 1,024. Defaults to no pools.
     pub fn pool(mut self, pool: bb8::Pool<RedisConnectionManager>) -> Self {
         self.pools.push(pool);
         self
