@@ -205,6 +205,19 @@ pub(crate) struct HeirRelease<'a> {
     pub(crate) successor: Option<&'a Successor>,
 }
 
+/// The connection a release goes out on.
+pub(crate) enum Via<'a> {
+    /// Whichever is at hand: the node's cached connection.
+    Any,
+    /// The connection of a SET that answered, still usable: it spares the release a lookup of
+    /// the cached connection and a clone of it (a read lock and a few reference counts that
+    /// every task of the client shares, so that each costs a cache line moved between cores).
+    Reuse(&'a mut Link),
+    /// The connection of a SET that got no answer, which the release must follow there, with
+    /// the script's body (see [`RELEASE_LUA`](scripts::RELEASE_LUA)).
+    Follow(&'a Link),
+}
+
 /// What one node said to `SET key token NX PX ttl`.
 #[derive(Debug)]
 pub(crate) enum Vote {
@@ -638,10 +651,10 @@ impl Node {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice in its future (see above)"
     )]
-    pub(crate) fn release(
-        &self,
-        link: Option<&Link>,
-        keys: &[String],
+    pub(crate) fn release<'a>(
+        &'a self,
+        via: Via<'a>,
+        keys: &'a [String],
         token: &str,
         wake: Wake,
         queue: Option<QueueRelease<'_>>,
@@ -714,13 +727,21 @@ impl Node {
                 cmd
             };
             // Behind a doubtful SET the body goes with it (see `scripts::RELEASE_LUA`).
-            let (mut link, by_hash) = match link {
-                Some(link) if !link.broken.load(Ordering::Relaxed) => (link.clone(), false),
-                _ => match self.cached_link() {
-                    Some(link) => (link, true),
-                    // Boxed: off the common path (see `link_for_set`).
-                    None => (Box::pin(self.link()).await?, true),
-                },
+            let mut owned: Link;
+            let (link, by_hash): (&mut Link, bool) = match via {
+                Via::Follow(link) if !link.broken.load(Ordering::Relaxed) => {
+                    owned = link.clone();
+                    (&mut owned, false)
+                }
+                Via::Reuse(link) if !link.broken.load(Ordering::Relaxed) => (link, true),
+                _ => {
+                    owned = match self.cached_link() {
+                        Some(link) => link,
+                        // Boxed: off the common path (see `link_for_set`).
+                        None => Box::pin(self.link()).await?,
+                    };
+                    (&mut owned, true)
+                }
             };
             let cmd = command(by_hash);
             let reply = link

@@ -139,7 +139,13 @@ async fn retire_elsewhere(
             .enumerate()
             .filter(|(index, _)| *index != first)
             .map(|(_, node)| {
-                node.release(None, &keys, token, crate::node::Wake::Nobody, Some(heir))
+                node.release(
+                    crate::node::Via::Any,
+                    &keys,
+                    token,
+                    crate::node::Wake::Nobody,
+                    Some(heir),
+                )
             }),
     );
     let _ = tokio::time::timeout(shared.settings.node_timeout, releases).await;

@@ -24,7 +24,7 @@ use crate::{
     expiry::{Timer, is_ahead},
     finisher::Chore,
     handover::Successor,
-    node::{Ask, HeirRelease, Keys, Link, QueueRelease, Vote, Wake},
+    node::{Ask, HeirRelease, Keys, Link, QueueRelease, Via, Vote, Wake},
     notify::sequencer,
     redlock::Shared,
     scripts,
@@ -786,7 +786,7 @@ impl Votes {
                 let span = shared.nodes[index].release_span();
                 Slot::Releasing {
                     release: traced(span, async move {
-                        let result = undo.send(None).await;
+                        let result = undo.send(Via::Any).await;
                         (result, None)
                     }),
                     until: Some(until),
@@ -798,14 +798,19 @@ impl Votes {
                 link,
                 ..
             } => {
-                // An answered SET leaves nothing in flight, so any connection will do; a
-                // doubtful one must be followed on its own connection.
+                // An answered SET leaves nothing in flight, so any connection will do, and
+                // its own spares a lookup; a doubtful one must be followed on its connection.
                 let doubtful = holds == Holds::Maybe;
-                let link = if doubtful { link } else { None };
                 let span = shared.nodes[index].release_span();
                 Slot::Releasing {
                     release: traced(span, async move {
-                        let result = undo.send(link.as_ref()).await;
+                        let mut link = link;
+                        let via = match link.as_mut() {
+                            Some(link) if doubtful => Via::Follow(link),
+                            Some(link) => Via::Reuse(link),
+                            None => Via::Any,
+                        };
+                        let result = undo.send(via).await;
                         (result, link)
                     }),
                     until: Some(until),
@@ -828,19 +833,24 @@ impl Votes {
                 // driver a node timeout after the SET's deadline if the SET is, or else bounded
                 // here by its own.
                 release: traced(shared.nodes[index].release_span(), async move {
-                    let (vote, link) = set.await;
-                    let follow = match vote {
-                        Vote::Busy
-                        | Vote::Queued(_)
-                        | Vote::Handed
-                        | Vote::Failed { sent: false, .. } => None,
-                        Vote::Acquired(_) => Some(None),
-                        Vote::Failed { sent: true, .. } => Some(link.as_ref()),
+                    let (vote, mut link) = set.await;
+                    let via = match (vote, link.as_mut()) {
+                        (
+                            Vote::Busy
+                            | Vote::Queued(_)
+                            | Vote::Handed
+                            | Vote::Failed { sent: false, .. },
+                            _,
+                        ) => None,
+                        (Vote::Acquired(_), Some(link)) => Some(Via::Reuse(link)),
+                        (Vote::Acquired(_), None) => Some(Via::Any),
+                        (Vote::Failed { sent: true, .. }, Some(link)) => Some(Via::Follow(link)),
+                        (Vote::Failed { sent: true, .. }, None) => Some(Via::Any),
                     };
-                    let result = match follow {
+                    let result = match via {
                         None => Ok(false),
-                        Some(on) => {
-                            let release = undo.send(on);
+                        Some(via) => {
+                            let release = undo.send(via);
                             match set_until {
                                 Some(_) => release.await,
                                 None => tokio::time::timeout(timeout, release)
@@ -1023,7 +1033,8 @@ impl Votes {
                 // when it must follow a doubtful SET.
                 let (undo, link) = (&undo, link.as_ref());
                 let result = tried_again(node_timeout, result, |bound| async move {
-                    tokio::time::timeout(bound, undo.send(link))
+                    let via = link.map_or(Via::Any, Via::Follow);
+                    tokio::time::timeout(bound, undo.send(via))
                         .await
                         .unwrap_or(Err(NodeErrorKind::Timeout(bound)))
                 })
@@ -1076,10 +1087,10 @@ struct NodeRelease {
 }
 
 impl NodeRelease {
-    /// Sends it on `link` (or any connection) and waits for the answer, without a bound of its
+    /// Sends it as `via` says and waits for the answer, without a bound of its
     /// own (see [`Node::release`]). An `async` block rather than an `async fn`, as
     /// [`Node::release`]: this future is allocated for every node of every release.
-    fn send(&self, link: Option<&Link>) -> impl Future<Output = Result<bool, NodeErrorKind>> {
+    fn send<'a>(&'a self, via: Via<'a>) -> impl Future<Output = Result<bool, NodeErrorKind>> {
         // The sequencer node's wait queue: its two keys and the waiting flag (see `scripts`).
         let queue: Option<[String; 3]> = self.queued.then(|| {
             let [list, entries] = scripts::wait_queue(&self.keys[0]);
@@ -1114,7 +1125,7 @@ impl NodeRelease {
                 (None, None) => None,
             };
             self.shared.nodes[self.index]
-                .release(link, &self.keys, &self.value, self.wake, queue)
+                .release(via, &self.keys, &self.value, self.wake, queue)
                 .await
         }
     }
