@@ -46,7 +46,10 @@ enum Amnesia {
     ClockJump,
 }
 
-/// Y's attempts, one at a time, until one succeeds; bounded.
+/// A client's attempts, one at a time, until one succeeds; bounded. Every acquisition of these
+/// scripts goes through it: with one attempt per call and a 50 ms node timeout, a single call can
+/// fail when a loaded machine holds a node's reply back (this made U2 fail once in nine full
+/// runs with one core kept busy), and the scripts are about what happens once the lock is held.
 async fn acquire_eventually(rig: &Rig, client: usize, resource: &str, within: Duration) -> Held {
     let end = tokio::time::Instant::now() + within;
     for _ in 0..1_000 {
@@ -76,10 +79,7 @@ async fn amnesia(name: &str, how: Amnesia, asserted: &[Property]) -> Report {
     };
 
     rig.proxies[0].set_some(&[D, E], ProxyMode::Blackhole);
-    let hx = rig.clients[0]
-        .acquire("r")
-        .await
-        .expect("X acquires through A, B, C");
+    let hx = acquire_eventually(&rig, 0, "r", settings.ttl * 3).await;
     rig.proxies[1].set_some(&[A, B], ProxyMode::Blackhole);
 
     let t0 = rig.recorder.now();
@@ -170,14 +170,13 @@ async fn u5_fence_counters_regress_after_delayed_restart_without_persistence() {
     rig.proxies[0].set_some(&[D, E], ProxyMode::Blackhole);
     let mut last = 0;
     for _ in 0..6 {
-        let held = rig.clients[0]
-            .acquire("r")
-            .await
-            .expect("X acquires through A, B, C");
+        let held = acquire_eventually(&rig, 0, "r", settings.ttl * 3).await;
         last = held.token().expect("fenced");
         rig.clients[0].release(held).await;
     }
-    assert_eq!(last, 6, "counters on A, B, C reach 6");
+    // Six grants through A, B, C; an attempt that failed in its second phase may have raised a
+    // counter once more.
+    assert!(last >= 6, "counters on A, B, C reach 6, got {last}");
 
     let t0 = rig.recorder.now();
     let delay = settings.ttl + Duration::from_millis(250);
