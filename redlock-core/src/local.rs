@@ -17,12 +17,16 @@ use std::{
 
 use tokio::sync::oneshot;
 
+use crate::node::Keys;
+
 /// The queues of one `Redlock`, one per resource set with local interest.
 #[derive(Default)]
 pub(crate) struct LocalQueues {
-    /// Per key: whether a task holds the turn, and who waits for it in arrival order. An entry
-    /// exists only while some task holds or waits, so the map stays as small as the contention.
-    queues: Mutex<HashMap<String, Queue>>,
+    /// Per set of keys (one for nearly every lock): whether a task holds the turn, and who
+    /// waits for it in arrival order. An entry exists only while some task holds or waits, so
+    /// the map stays as small as the contention. Keyed by the lock's own shared keys, so that
+    /// taking a turn copies no string.
+    queues: Mutex<HashMap<Keys, Queue>>,
 }
 
 #[derive(Default)]
@@ -42,16 +46,16 @@ impl fmt::Debug for LocalQueues {
 /// and for the lifetime of the lock; dropping it hands it to the next waiter.
 pub(crate) struct Turn {
     queues: Arc<LocalQueues>,
-    key: String,
+    key: Keys,
     /// False for a turn that failed to reach a waiter and is being passed on by hand.
     armed: bool,
 }
 
 impl LocalQueues {
     /// Takes the turn for `key` if nobody in this process holds it.
-    pub(crate) fn try_turn(self: &Arc<Self>, key: &str) -> Option<Turn> {
+    pub(crate) fn try_turn(self: &Arc<Self>, key: &Keys) -> Option<Turn> {
         let mut queues = self.queues.lock().ok()?;
-        let queue = queues.entry(key.to_owned()).or_default();
+        let queue = queues.entry(key.clone()).or_default();
         if queue.held {
             return None;
         }
@@ -60,10 +64,10 @@ impl LocalQueues {
     }
 
     /// Waits in line for the turn of `key`, until `until` at the latest.
-    pub(crate) async fn turn(self: &Arc<Self>, key: &str, until: Instant) -> Option<Turn> {
+    pub(crate) async fn turn(self: &Arc<Self>, key: &Keys, until: Instant) -> Option<Turn> {
         let rx = {
             let mut queues = self.queues.lock().ok()?;
-            let queue = queues.entry(key.to_owned()).or_default();
+            let queue = queues.entry(key.clone()).or_default();
             if !queue.held {
                 queue.held = true;
                 return Some(self.turn_for(key));
@@ -77,16 +81,16 @@ impl LocalQueues {
         tokio::time::timeout_at(until.into(), rx).await.ok()?.ok()
     }
 
-    fn turn_for(self: &Arc<Self>, key: &str) -> Turn {
+    fn turn_for(self: &Arc<Self>, key: &Keys) -> Turn {
         Turn {
             queues: self.clone(),
-            key: key.to_owned(),
+            key: key.clone(),
             armed: true,
         }
     }
 
     /// Hands the turn of `key` to the first waiter still waiting, or frees it.
-    fn pass(self: &Arc<Self>, key: &str) {
+    fn pass(self: &Arc<Self>, key: &Keys) {
         let Ok(mut queues) = self.queues.lock() else {
             return;
         };
@@ -124,16 +128,20 @@ mod tests {
 
     use super::*;
 
+    fn keys(key: &str) -> Keys {
+        vec![key.to_owned()].into()
+    }
+
     #[tokio::test]
     async fn turns_are_handed_over_in_arrival_order() {
         let queues = Arc::new(LocalQueues::default());
-        let first = queues.try_turn("k").unwrap();
-        assert!(queues.try_turn("k").is_none());
+        let first = queues.try_turn(&keys("k")).unwrap();
+        assert!(queues.try_turn(&keys("k")).is_none());
         let until = Instant::now() + Duration::from_secs(5);
         let (q2, q3) = (queues.clone(), queues.clone());
-        let second = tokio::spawn(async move { q2.turn("k", until).await.map(|t| (2, t)) });
+        let second = tokio::spawn(async move { q2.turn(&keys("k"), until).await.map(|t| (2, t)) });
         tokio::task::yield_now().await;
-        let third = tokio::spawn(async move { q3.turn("k", until).await.map(|t| (3, t)) });
+        let third = tokio::spawn(async move { q3.turn(&keys("k"), until).await.map(|t| (3, t)) });
         tokio::task::yield_now().await;
         drop(first);
         let (who, turn) = second.await.unwrap().unwrap();
@@ -153,12 +161,14 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_that_gave_up_is_skipped() {
         let queues = Arc::new(LocalQueues::default());
-        let first = queues.try_turn("k").unwrap();
-        let gone = queues.turn("k", Instant::now()).await;
+        let first = queues.try_turn(&keys("k")).unwrap();
+        let gone = queues.turn(&keys("k"), Instant::now()).await;
         assert!(gone.is_none(), "deadline already passed");
         let q = queues.clone();
-        let waiter =
-            tokio::spawn(async move { q.turn("k", Instant::now() + Duration::from_secs(5)).await });
+        let waiter = tokio::spawn(async move {
+            q.turn(&keys("k"), Instant::now() + Duration::from_secs(5))
+                .await
+        });
         tokio::task::yield_now().await;
         drop(first);
         assert!(waiter.await.unwrap().is_some());
@@ -168,7 +178,7 @@ mod tests {
     #[tokio::test]
     async fn other_keys_are_independent() {
         let queues = Arc::new(LocalQueues::default());
-        let _a = queues.try_turn("a").unwrap();
-        assert!(queues.try_turn("b").is_some());
+        let _a = queues.try_turn(&keys("a")).unwrap();
+        assert!(queues.try_turn(&keys("b")).is_some());
     }
 }

@@ -54,7 +54,7 @@ pub struct LockHandle {
 pub(crate) struct LockState {
     pub(crate) shared: Arc<Shared>,
     /// The resources locked (one, or several for `lock_many`), sorted.
-    resources: Vec<String>,
+    resources: Arc<[String]>,
     /// Their keys on the nodes, in the same order.
     keys: Keys,
     /// The token of the attempt that won; never shown in `Debug`.
@@ -187,7 +187,7 @@ impl Lock {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<Shared>,
-        resources: Vec<String>,
+        resources: Arc<[String]>,
         keys: Keys,
         value: Arc<str>,
         ttl: Duration,

@@ -573,7 +573,7 @@ impl Redlock {
         // state, boxed: it is most of this future, and an uncontended lock never touches it.
         let mut first = None;
         if !self.shared.notifier.is_watched(&target.keys[0])
-            && let Some(turn) = self.shared.local.try_turn(&target.queue)
+            && let Some(turn) = self.shared.local.try_turn(&target.keys)
         {
             let mut refused = Refused::default();
             let outcome = self
@@ -617,11 +617,11 @@ impl Redlock {
         // of the line talks to the nodes, and a local release wakes the next one at once.
         let (turn, mut first) = match first {
             Some((turn, error, refused)) => (turn, Some((error, refused))),
-            None => match self.shared.local.turn(&target.queue, until).await {
+            None => match self.shared.local.turn(&target.keys, until).await {
                 Some(turn) => (turn, None),
                 None => {
                     return Err(Error::Contended {
-                        key: target.name,
+                        key: target.name(),
                         attempts: 0,
                     });
                 }
@@ -869,15 +869,8 @@ impl Redlock {
             .collect::<Result<Vec<_>>>()?
             .into();
         settings.check_ttl(ttl)?;
-        // One resource (nearly every lock): its name and queue are copies, not joins.
-        let (name, queue) = match (&resources[..], &keys[..]) {
-            ([resource], [key]) => (resource.clone(), key.clone()),
-            _ => (resources.join(","), keys.join("\u{0}")),
-        };
         Ok(Target {
-            name,
-            queue,
-            resources,
+            resources: resources.into(),
             keys,
         })
     }
@@ -915,7 +908,7 @@ impl Redlock {
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
         let target = self.target(vec![resource.to_owned()], ttl, fenced)?;
         // Another task of this process holds or is acquiring it: that is contention too.
-        let Some(turn) = self.shared.local.try_turn(&target.queue) else {
+        let Some(turn) = self.shared.local.try_turn(&target.keys) else {
             return Ok(None);
         };
         match self
@@ -978,11 +971,11 @@ impl Redlock {
             refused.sequencer = votes.sequencer_answered();
             if let Some(place) = votes.queued() {
                 refused.queued = Some(place);
-                return Box::pin(self.refuse(&mut guard, &target.name, keys, &value)).await;
+                return Box::pin(self.refuse(&mut guard, &target.name(), keys, &value)).await;
             }
             if votes.handed() {
                 refused.handed = true;
-                return Box::pin(self.refuse(&mut guard, &target.name, keys, &value)).await;
+                return Box::pin(self.refuse(&mut guard, &target.name(), keys, &value)).await;
             }
         }
         if approach == Approach::Sequenced
@@ -996,7 +989,7 @@ impl Redlock {
                 // Another waiter got through first (or the holder is still there): nothing of
                 // ours was set anywhere.
                 return Err(Error::Contended {
-                    key: target.name.clone(),
+                    key: target.name(),
                     attempts: 1,
                 });
             }
@@ -1127,26 +1120,20 @@ impl Redlock {
         let value = guard.value;
         let settings = &self.shared.settings;
         let keys = &target.keys;
-        let resource = target.name.as_str();
         let deadline = timing::deadline(t1, ttl, settings.drift(ttl));
         // In turn (the sequencer node granted it first), nodes the previous holder's release
         // has not reached yet are asked again shortly: giving up would hand our turn to the
         // next waiter and put us to sleep for a whole pause.
         let in_turn = in_turn.then_some(deadline);
         let outcome = match guard.votes.as_mut() {
-            Some(votes) => {
-                self.decide(votes, resource, &keys[0], value, fenced, in_turn)
-                    .await
-            }
+            Some(votes) => self.decide(votes, target, value, fenced, in_turn).await,
             None => Err(Error::EmptyKey),
         };
         let outcome = outcome.and_then(|fence| {
             if timing::still_valid(deadline, Instant::now(), settings.min_validity) {
                 Ok(fence)
             } else {
-                Err(Error::Expired {
-                    key: resource.to_owned(),
-                })
+                Err(Error::Expired { key: target.name() })
             }
         });
         crate::telemetry::acquisition(outcome.as_ref().map(|_| ()), t1.elapsed());
@@ -1210,8 +1197,7 @@ impl Redlock {
     async fn decide(
         &self,
         votes: &mut Votes,
-        resource: &str,
-        key: &str,
+        target: &Target,
         value: &str,
         fenced: bool,
         in_turn: Option<Instant>,
@@ -1236,7 +1222,7 @@ impl Redlock {
             return Err(
                 if timing::is_contention(tally.busy, self.shared.nodes.len(), quorum) {
                     Error::Contended {
-                        key: resource.to_owned(),
+                        key: target.name(),
                         attempts: 1,
                     }
                 } else {
@@ -1258,7 +1244,7 @@ impl Redlock {
         let results = Box::pin(join_all(granting.iter().map(|(index, _)| {
             let node = &self.shared.nodes[*index];
             async move {
-                node.publish_fence(key, value, t)
+                node.publish_fence(&target.keys[0], value, t)
                     .await
                     .map_err(|k| node.error(k))
             }
@@ -1316,15 +1302,19 @@ enum Approach {
     InTurn,
 }
 
-/// A normalised set of resources to lock.
+/// A normalised set of resources to lock. Its keys also name its local queue (see `local`).
 struct Target {
-    /// Sorted, without duplicates.
-    resources: Vec<String>,
+    /// Sorted, without duplicates; shared with the lock it becomes.
+    resources: Arc<[String]>,
     keys: Keys,
-    /// The resources joined, for errors and traces.
-    name: String,
-    /// The local queue's key.
-    queue: String,
+}
+
+impl Target {
+    /// The resources as one name, for errors: only a failed attempt needs it, so it is not
+    /// built for every lock.
+    fn name(&self) -> String {
+        self.resources.join(",")
+    }
 }
 
 /// Releases in the background whatever an attempt leaves behind when it is dropped or fails:
