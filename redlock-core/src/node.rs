@@ -175,19 +175,18 @@ pub(crate) enum Wake {
 }
 
 /// What a single-key release does beyond compare-and-delete. On the key's sequencer node, with
-/// its wait queue: the queue's two keys and the waiting flag
-/// ([`wait_queue`](scripts::wait_queue), [`waiting_flag`](scripts::waiting_flag)), and whether
-/// to hand the key over. On the other nodes, for a token registered for a hand-over: its
+/// its wait queue (the queue's two keys and the waiting flag, [`QueueKeys`](scripts::QueueKeys)):
+/// whether to hand the key over. On the other nodes, for a token registered for a hand-over: its
 /// tombstones and the successor to hand the key over to ([`Heir`](QueueRelease::Heir)).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum QueueRelease<'a> {
     /// A lock taken uncontended: wake the head of the queue, if anyone waits
     /// ([`RELEASE_UNCONTENDED`](scripts::RELEASE_UNCONTENDED)).
-    Wake(&'a [String]),
+    Wake,
     /// A lock taken through the queue: hand the key over to the head
     /// ([`RELEASE_CONTENDED`](scripts::RELEASE_CONTENDED)), saying whom the holder named to the
     /// other nodes.
-    HandOver(&'a [String], Option<&'a Successor>),
+    HandOver(Option<&'a Successor>),
     /// Elsewhere, a token registered for a hand-over
     /// ([`RELEASE_HEIR`](scripts::RELEASE_HEIR)).
     Heir(HeirRelease<'a>),
@@ -673,30 +672,39 @@ impl Node {
             let plain = matches!((keys, wake, queue), ([_], Wake::Nobody, None));
             let script = match (keys, queue) {
                 _ if plain => &*scripts::RELEASE_ONE,
-                ([_], Some(QueueRelease::Wake(_))) => &*scripts::RELEASE_UNCONTENDED,
+                ([_], Some(QueueRelease::Wake)) => &*scripts::RELEASE_UNCONTENDED,
                 ([_], Some(QueueRelease::HandOver(..))) => &*scripts::RELEASE_CONTENDED,
                 ([_], Some(QueueRelease::Heir(_))) => &*scripts::RELEASE_HEIR,
                 _ => &*scripts::RELEASE,
             };
+            // Room for what follows: the key and the token, and on the sequencer node three
+            // more keys that start alike and up to five short arguments (numbers, a mode, a
+            // successor).
+            let key_bytes = keys.iter().map(String::len).sum::<usize>();
+            let (args, bytes) = if plain {
+                (3, key_bytes + token.len() + 8)
+            } else {
+                (12, key_bytes * 4 + token.len() + 160)
+            };
             let command = |by_hash: bool| {
-                let mut cmd = script.command(by_hash);
+                let mut cmd = script.command_sized(by_hash, args, bytes);
                 match (keys, queue) {
                     _ if plain => {
                         cmd.arg(1).arg(keys).arg(token);
                     }
-                    ([_], Some(QueueRelease::Wake(queue))) => {
+                    ([key], Some(QueueRelease::Wake)) => {
                         // The caller's clock: for the lease checks where scripts see none.
-                        cmd.arg(1 + queue.len())
-                            .arg(keys)
-                            .arg(queue)
+                        cmd.arg(4)
+                            .arg(key)
+                            .arg(scripts::QueueKeys(key))
                             .arg(token)
                             .arg(mode)
                             .arg(wall_clock_millis());
                     }
-                    ([_], Some(QueueRelease::HandOver(queue, successor))) => {
-                        cmd.arg(1 + queue.len())
-                            .arg(keys)
-                            .arg(queue)
+                    ([key], Some(QueueRelease::HandOver(successor))) => {
+                        cmd.arg(4)
+                            .arg(key)
+                            .arg(scripts::QueueKeys(key))
                             .arg(token)
                             .arg(mode)
                             .arg(wall_clock_millis())

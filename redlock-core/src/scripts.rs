@@ -5,9 +5,9 @@
 //! there ([`Node`](crate::node::Node) does this). Every key a script touches is passed in KEYS,
 //! which Dragonfly requires and Redis Cluster needs for routing.
 
-use std::sync::LazyLock;
+use std::{io::Write, sync::LazyLock};
 
-use bb8_redis::redis::{Cmd, Script};
+use bb8_redis::redis::{Cmd, RedisWrite, Script, ToRedisArgs};
 
 /// The Lua `clock()` the queue's scripts share: the node's time in ms (`TIME`, read once per
 /// call and only if needed), or, where a script sees no clock (Dragonfly answers `TIME` with
@@ -73,12 +73,18 @@ impl Lua {
     /// `EVALSHA <hash>` (`by_hash`) or `EVAL <body>`, sized for the keys and arguments the
     /// caller appends next (`numkeys` first).
     pub(crate) fn command(&self, by_hash: bool) -> Cmd {
+        self.command_sized(by_hash, 6, 96)
+    }
+
+    /// [`command`](Lua::command) with room for `args` more arguments of `bytes` in all, so
+    /// that appending them never grows the command's buffers.
+    pub(crate) fn command_sized(&self, by_hash: bool, args: usize, bytes: usize) -> Cmd {
         let (verb, code) = if by_hash {
             ("EVALSHA", self.hash.as_str())
         } else {
             ("EVAL", self.body)
         };
-        let mut cmd = Cmd::with_capacity(8, 96 + code.len());
+        let mut cmd = Cmd::with_capacity(2 + args, verb.len() + code.len() + bytes);
         cmd.arg(verb).arg(code);
         cmd
     }
@@ -317,15 +323,45 @@ return 0"#,
 /// a quorum of `SET NX`; waiters of the other version are woken by their own releases or their
 /// retry pause.
 pub(crate) fn wait_queue(lock_key: &str) -> [String; 2] {
-    [
-        wait_queue_list(lock_key),
-        format!("{lock_key}:line:entries"),
-    ]
+    [wait_queue_list(lock_key), suffixed(lock_key, LINE_ENTRIES)]
 }
 
 /// The list of [`wait_queue`]: all an uncontended lock's release needs of it.
 pub(crate) fn wait_queue_list(lock_key: &str) -> String {
-    format!("{lock_key}:line")
+    suffixed(lock_key, LINE)
+}
+
+/// The suffixes of the names of [`wait_queue`] and [`waiting_flag`].
+const LINE: &str = ":line";
+const LINE_ENTRIES: &str = ":line:entries";
+const WAITING: &str = ":queue:waiting";
+
+fn suffixed(lock_key: &str, suffix: &str) -> String {
+    let mut name = String::with_capacity(lock_key.len() + suffix.len());
+    name.push_str(lock_key);
+    name.push_str(suffix);
+    name
+}
+
+/// A lock key's [`wait_queue`] and [`waiting_flag`], in that order, as three arguments of a
+/// command, written into it directly: every release on a key's sequencer node names them, and
+/// building them as strings first cost that release five allocations.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueueKeys<'a>(pub(crate) &'a str);
+
+impl ToRedisArgs for QueueKeys<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        for suffix in [LINE, LINE_ENTRIES, WAITING] {
+            let mut arg = out.writer_for_next_arg();
+            // Writing into a command's buffer cannot fail.
+            let _ = arg.write_all(self.0.as_bytes());
+            let _ = arg.write_all(suffix.as_bytes());
+        }
+    }
+
+    fn num_of_args(&self) -> usize {
+        3
+    }
 }
 
 /// A string key on the sequencer node that says someone waits for the lock key without standing
@@ -340,7 +376,7 @@ pub(crate) fn wait_queue_list(lock_key: &str) -> String {
 /// flag stays: a hand-over leaves the key held and tells nobody else). A flag left behind by a
 /// waiter that went away only costs the next release those calls, and never touches a lock.
 pub(crate) fn waiting_flag(lock_key: &str) -> String {
-    format!("{lock_key}:queue:waiting")
+    suffixed(lock_key, WAITING)
 }
 
 /// A queued waiter's acquisition on the sequencer node: `SET NX PX` only when the key is free and
@@ -500,6 +536,8 @@ return out"#,
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// Every key a script touches is declared in KEYS (Dragonfly refuses undeclared keys, and
     /// Redis Cluster routes by them): each `redis.call` of a command that takes a key names it
     /// as `KEYS[...]`, never as a name built in the script. Reads the scripts' own sources,
@@ -529,5 +567,22 @@ mod tests {
             }
         }
         assert!(checked >= 20, "only {checked} calls found");
+    }
+
+    /// The release on a key's sequencer node writes the names of the key's wait queue and
+    /// waiting flag straight into its command: they must be the names the queued waiters and
+    /// the refusing scripts use.
+    #[test]
+    fn queue_keys_are_the_wait_queue_and_the_waiting_flag() {
+        let key = "redlock:orders:42";
+        let mut written = Cmd::new();
+        written.arg(QueueKeys(key));
+        let [list, entries] = wait_queue(key);
+        let mut expected = Cmd::new();
+        expected.arg(&list).arg(&entries).arg(waiting_flag(key));
+        assert_eq!(written.get_packed_command(), expected.get_packed_command());
+        assert_eq!(list, "redlock:orders:42:line");
+        assert_eq!(entries, "redlock:orders:42:line:entries");
+        assert_eq!(waiting_flag(key), "redlock:orders:42:queue:waiting");
     }
 }

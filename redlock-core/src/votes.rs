@@ -1091,11 +1091,7 @@ impl NodeRelease {
     /// own (see [`Node::release`]). An `async` block rather than an `async fn`, as
     /// [`Node::release`]: this future is allocated for every node of every release.
     fn send<'a>(&'a self, via: Via<'a>) -> impl Future<Output = Result<bool, NodeErrorKind>> {
-        // The sequencer node's wait queue: its two keys and the waiting flag (see `scripts`).
-        let queue: Option<[String; 3]> = self.queued.then(|| {
-            let [list, entries] = scripts::wait_queue(&self.keys[0]);
-            [list, entries, scripts::waiting_flag(&self.keys[0])]
-        });
+        let queued = self.queued;
         let hand_over = self.hand_over;
         let successor = self
             .heir
@@ -1114,15 +1110,17 @@ impl NodeRelease {
                 (tombstones, heir.life)
             });
         async move {
-            let queue = match (&queue, &heir) {
-                (Some(keys), _) if hand_over => Some(QueueRelease::HandOver(&keys[..], successor)),
-                (Some(keys), _) => Some(QueueRelease::Wake(&keys[..])),
-                (None, Some((tombstones, life))) => Some(QueueRelease::Heir(HeirRelease {
+            // On the sequencer node, the release names the key's wait queue and waiting flag
+            // (see `scripts::QueueKeys`).
+            let queue = match (queued, &heir) {
+                (true, _) if hand_over => Some(QueueRelease::HandOver(successor)),
+                (true, _) => Some(QueueRelease::Wake),
+                (false, Some((tombstones, life))) => Some(QueueRelease::Heir(HeirRelease {
                     tombstones,
                     life: *life,
                     successor,
                 })),
-                (None, None) => None,
+                (false, None) => None,
             };
             self.shared.nodes[self.index]
                 .release(via, &self.keys, &self.value, self.wake, queue)
