@@ -230,7 +230,7 @@ impl Heir {
         self.floor.get_or_insert(now);
         let token = self
             .token
-            .get_or_insert_with(|| LockToken::random().encode().into());
+            .get_or_insert_with(|| LockToken::random().encode());
         (token.clone(), ask)
     }
 
@@ -863,11 +863,15 @@ impl Redlock {
                 reason: "fencing tokens are per resource: lock_many cannot issue one".to_owned(),
             });
         }
-        let keys: Keys = resources
-            .iter()
-            .map(|r| settings.key(r))
-            .collect::<Result<Vec<_>>>()?
-            .into();
+        let keys: Keys = match &resources[..] {
+            // Nearly every lock: straight into the shared slice, without a `Vec` first.
+            [resource] => Arc::new([settings.key(resource)?]),
+            _ => resources
+                .iter()
+                .map(|r| settings.key(r))
+                .collect::<Result<Vec<_>>>()?
+                .into(),
+        };
         settings.check_ttl(ttl)?;
         Ok(Target {
             resources: resources.into(),
@@ -944,7 +948,7 @@ impl Redlock {
     ) -> Result<Lock> {
         let keys = &target.keys;
         // A fresh token per attempt: a late reply to an earlier attempt can never count as ours.
-        let value: Arc<str> = LockToken::random().encode().into();
+        let value = LockToken::random().encode();
         // T1 is taken before the first byte leaves, so the time spent acquiring is subtracted
         // from the validity whatever happens while waiting for replies.
         let t1 = Instant::now();

@@ -1,6 +1,6 @@
 //! The random value that proves ownership of a lock key.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 /// 128 bits from a CSPRNG, fresh for every acquisition attempt (never reused across attempts, so a
 /// late reply to an old attempt can never be mistaken for ownership). Stored on the nodes as 32
@@ -14,16 +14,17 @@ impl LockToken {
         LockToken(rand::random())
     }
 
-    /// The value written to the nodes. Written digit by digit: `format!("{:032x}")` costs
-    /// several times more, once per acquisition attempt.
-    pub(crate) fn encode(self) -> String {
+    /// The value written to the nodes, shared by everything that sends it: one allocation
+    /// per acquisition attempt. Written digit by digit: `format!("{:032x}")` costs several
+    /// times more.
+    pub(crate) fn encode(self) -> Arc<str> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut digits = [0u8; 32];
         for (i, digit) in digits.iter_mut().enumerate() {
             *digit = HEX[((self.0 >> (124 - 4 * i)) & 0xf) as usize];
         }
-        // Always ASCII, so nothing is ever replaced.
-        String::from_utf8_lossy(&digits).into_owned()
+        // Always ASCII, so nothing is ever replaced, and nothing is copied but into the `Arc`.
+        Arc::from(&*String::from_utf8_lossy(&digits))
     }
 }
 
@@ -50,9 +51,9 @@ mod tests {
     #[test]
     fn encoding_is_32_lowercase_hex_digits_most_significant_first() {
         let t = LockToken(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
-        assert_eq!(t.encode(), "0123456789abcdeffedcba9876543210");
-        assert_eq!(LockToken(1).encode(), format!("{:032x}", 1));
-        assert_eq!(LockToken(u128::MAX).encode(), "f".repeat(32));
+        assert_eq!(&*t.encode(), "0123456789abcdeffedcba9876543210");
+        assert_eq!(*LockToken(1).encode(), format!("{:032x}", 1));
+        assert_eq!(*LockToken(u128::MAX).encode(), "f".repeat(32));
     }
 
     #[test]
