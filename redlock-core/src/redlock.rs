@@ -487,7 +487,7 @@ impl Redlock {
     /// own SET.
     pub async fn lock(&self, resource: &str) -> Result<Lock> {
         // Straight to the shared body: one async layer less in every lock's future.
-        self.lock_resources(vec![resource.to_owned()], LockOptions::default())
+        self.lock_resources(one(resource), LockOptions::default())
             .await
     }
 
@@ -501,8 +501,7 @@ impl Redlock {
     ///
     /// As [`lock`](Redlock::lock).
     pub async fn lock_with(&self, resource: &str, options: LockOptions) -> Result<Lock> {
-        self.lock_resources(vec![resource.to_owned()], options)
-            .await
+        self.lock_resources(one(resource), options).await
     }
 
     /// Acquires several resources at once, all or nothing: on each node one script sets every
@@ -552,16 +551,18 @@ impl Redlock {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        let resources = resources
+        let mut resources: Vec<String> = resources
             .into_iter()
             .map(|r| r.as_ref().to_owned())
             .collect();
-        self.lock_resources(resources, options).await
+        resources.sort_unstable();
+        resources.dedup();
+        self.lock_resources(resources.into(), options).await
     }
 
     /// The body of every `lock*` call, in the one `redlock.lock` span each call has.
     #[instrument(name = "redlock.lock", level = "debug", skip_all, fields(key = %resources.first().map(String::as_str).unwrap_or("")))]
-    async fn lock_resources(&self, resources: Vec<String>, options: LockOptions) -> Result<Lock> {
+    async fn lock_resources(&self, resources: Resources, options: LockOptions) -> Result<Lock> {
         let _entered = self.shared.load.enter();
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
@@ -849,12 +850,10 @@ impl Redlock {
         }
     }
 
-    /// Normalises a set of resources: sorted, without duplicates, each non-empty, with their
-    /// keys; and checks the ttl and that fencing is asked for one resource only.
-    fn target(&self, mut resources: Vec<String>, ttl: Duration, fenced: bool) -> Result<Target> {
+    /// Checks a set of resources (sorted, without duplicates) and makes their keys: each
+    /// resource non-empty, the ttl in range, fencing asked for one resource only.
+    fn target(&self, resources: Resources, ttl: Duration, fenced: bool) -> Result<Target> {
         let settings = &self.shared.settings;
-        resources.sort_unstable();
-        resources.dedup();
         if resources.is_empty() {
             return Err(Error::EmptyKey);
         }
@@ -873,10 +872,7 @@ impl Redlock {
                 .into(),
         };
         settings.check_ttl(ttl)?;
-        Ok(Target {
-            resources: resources.into(),
-            keys,
-        })
+        Ok(Target { resources, keys })
     }
 
     /// One attempt at `resource`: `Ok(None)` when someone else holds it.
@@ -910,7 +906,7 @@ impl Redlock {
         let _entered = self.shared.load.enter();
         let ttl = options.ttl.unwrap_or(self.shared.settings.ttl);
         let fenced = options.fencing.unwrap_or(self.shared.settings.fencing);
-        let target = self.target(vec![resource.to_owned()], ttl, fenced)?;
+        let target = self.target(one(resource), ttl, fenced)?;
         // Another task of this process holds or is acquiring it: that is contention too.
         let Some(turn) = self.shared.local.try_turn(&target.keys) else {
             return Ok(None);
@@ -1306,10 +1302,18 @@ enum Approach {
     InTurn,
 }
 
-/// A normalised set of resources to lock. Its keys also name its local queue (see `local`).
+/// The resources of one lock, sorted and without duplicates, shared by its attempts and by
+/// the lock they make.
+type Resources = Arc<[String]>;
+
+/// The resources of a single-resource lock: one allocation for the name, one for the slice.
+fn one(resource: &str) -> Resources {
+    Arc::new([resource.to_owned()])
+}
+
+/// A checked set of resources to lock. Its keys also name its local queue (see `local`).
 struct Target {
-    /// Sorted, without duplicates; shared with the lock it becomes.
-    resources: Arc<[String]>,
+    resources: Resources,
     keys: Keys,
 }
 
