@@ -16,7 +16,7 @@ use bb8_redis::{
     RedisConnectionManager, bb8,
     redis::{
         self, AsyncConnectionConfig, Client, Cmd, ErrorKind, IntoConnectionInfo, RedisError,
-        ServerErrorKind, Value,
+        ServerErrorKind, ToRedisArgs, Value,
         aio::{ConnectionLike, MultiplexedConnection},
     },
 };
@@ -693,18 +693,20 @@ impl Node {
                         cmd.arg(1).arg(keys).arg(token);
                     }
                     ([key], Some(QueueRelease::Wake)) => {
+                        let queue = scripts::QueueKeys(key);
                         // The caller's clock: for the lease checks where scripts see none.
-                        cmd.arg(4)
+                        cmd.arg(1 + queue.num_of_args())
                             .arg(key)
-                            .arg(scripts::QueueKeys(key))
+                            .arg(queue)
                             .arg(token)
                             .arg(mode)
                             .arg(wall_clock_millis());
                     }
                     ([key], Some(QueueRelease::HandOver(successor))) => {
-                        cmd.arg(4)
+                        let queue = scripts::QueueKeys(key);
+                        cmd.arg(1 + queue.num_of_args())
                             .arg(key)
-                            .arg(scripts::QueueKeys(key))
+                            .arg(queue)
                             .arg(token)
                             .arg(mode)
                             .arg(wall_clock_millis())
