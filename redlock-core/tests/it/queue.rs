@@ -961,7 +961,10 @@ async fn the_waiting_flag_is_deleted_by_the_release_that_wakes_its_waiter() {
                 .retry(Retry::new(1_000, Duration::from_secs(5), Duration::ZERO))
         })
     };
-    let uncontended = fenced().lock("flagged").await.unwrap();
+    // Stored on every node first: `lock` returns at the quorum, and a waiter's first round
+    // (every node at once) that beat the holder's last SET to the sequencer would be granted
+    // there and never flag the key (see `held_everywhere`).
+    let uncontended = held_everywhere(&nodes, &fenced(), "flagged").await;
     let waiting = wait_for(fenced(), "flagged", LockOptions::new());
     assert!(flagged_soon(&nodes, "flagged").await);
     uncontended.release().await.unwrap();
