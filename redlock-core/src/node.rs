@@ -217,6 +217,18 @@ pub(crate) enum Via<'a> {
     Follow(&'a Link),
 }
 
+impl<'a> Via<'a> {
+    /// Behind a SET that went out on `link`: followed there if the SET is `doubtful` (it got
+    /// no answer), reused otherwise; any connection if it had none.
+    pub(crate) fn behind(link: Option<&'a mut Link>, doubtful: bool) -> Via<'a> {
+        match link {
+            Some(link) if doubtful => Via::Follow(link),
+            Some(link) => Via::Reuse(link),
+            None => Via::Any,
+        }
+    }
+}
+
 /// What one node said to `SET key token NX PX ttl`.
 #[derive(Debug)]
 pub(crate) enum Vote {

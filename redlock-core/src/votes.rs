@@ -805,12 +805,7 @@ impl Votes {
                 Slot::Releasing {
                     release: traced(span, async move {
                         let mut link = link;
-                        let via = match link.as_mut() {
-                            Some(link) if doubtful => Via::Follow(link),
-                            Some(link) => Via::Reuse(link),
-                            None => Via::Any,
-                        };
-                        let result = undo.send(via).await;
+                        let result = undo.send(Via::behind(link.as_mut(), doubtful)).await;
                         (result, link)
                     }),
                     until: Some(until),
@@ -834,18 +829,13 @@ impl Votes {
                 // here by its own.
                 release: traced(shared.nodes[index].release_span(), async move {
                     let (vote, mut link) = set.await;
-                    let via = match (vote, link.as_mut()) {
-                        (
-                            Vote::Busy
-                            | Vote::Queued(_)
-                            | Vote::Handed
-                            | Vote::Failed { sent: false, .. },
-                            _,
-                        ) => None,
-                        (Vote::Acquired(_), Some(link)) => Some(Via::Reuse(link)),
-                        (Vote::Acquired(_), None) => Some(Via::Any),
-                        (Vote::Failed { sent: true, .. }, Some(link)) => Some(Via::Follow(link)),
-                        (Vote::Failed { sent: true, .. }, None) => Some(Via::Any),
+                    let via = match vote {
+                        Vote::Busy
+                        | Vote::Queued(_)
+                        | Vote::Handed
+                        | Vote::Failed { sent: false, .. } => None,
+                        Vote::Acquired(_) => Some(Via::behind(link.as_mut(), false)),
+                        Vote::Failed { sent: true, .. } => Some(Via::behind(link.as_mut(), true)),
                     };
                     let result = match via {
                         None => Ok(false),
