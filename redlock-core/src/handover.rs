@@ -20,10 +20,9 @@
 //! - a waiter that stops using a token leaves a tombstone for it on the other nodes, so that a
 //!   hand-over naming it that arrives later deletes the key instead.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
+
+use crate::clock::LeaseInstant;
 
 /// The waiter a holder names at its release, as the sequencer node told the holder.
 #[derive(Clone, Debug)]
@@ -37,13 +36,13 @@ pub(crate) struct Successor {
     /// The number of its ask the sequencer had seen.
     pub(crate) ask: u64,
     /// Naming it is safe until then: its lease on the sequencer runs at least that long.
-    pub(crate) use_by: Instant,
+    pub(crate) use_by: LeaseInstant,
 }
 
 impl Successor {
     /// Whether it may still be named.
     pub(crate) fn usable(&self) -> bool {
-        Instant::now() < self.use_by
+        !self.use_by.has_passed()
     }
 }
 
@@ -76,7 +75,7 @@ impl NextWaiter {
     /// clocks running at different rates.
     pub(crate) fn successor(
         self,
-        asked_at: Instant,
+        asked_at: LeaseInstant,
         drift: impl Fn(Duration) -> Duration,
     ) -> Successor {
         let left = Duration::from_millis(self.lease_left_ms);
@@ -147,7 +146,7 @@ mod tests {
 
     #[test]
     fn a_successor_is_named_only_within_its_lease_left() {
-        let asked_at = Instant::now() - Duration::from_millis(900);
+        let asked_at = LeaseInstant::now() - Duration::from_millis(900);
         let next = Notice::parse("r 7 0 w 3000 s 2 1000")
             .unwrap()
             .next

@@ -69,6 +69,16 @@
 //! - [`Lock::lost`] fires at the deadline even with every node frozen; [`Redlock::run`] drops
 //!   the work when the lock is lost, releases on every exit path including panics, and
 //!   auto-extension holds a lock for ten ttls and stops at `max_hold` (`lifecycle::*`).
+//! - Time the system spends suspended counts against a lease, as on the nodes (leases are
+//!   measured on `CLOCK_BOOTTIME` on Linux and Android; `Instant` stops during a suspension):
+//!   on waking, a lock whose lease ran out is not valid and cannot be extended, `lost()` fires
+//!   and `run` drops the work within half a second, and a suspension during an acquisition
+//!   counts against its validity (in `redlock-core/tests/suspend`:
+//!   `a_lock_whose_lease_ran_out_during_a_suspension_is_not_valid_on_waking`,
+//!   `a_shorter_suspension_takes_its_length_off_the_lease`,
+//!   `lost_fires_and_run_drops_the_work_soon_after_waking_from_a_long_suspension`,
+//!   `a_suspension_during_an_acquisition_counts_against_its_validity`). Windows' `Instant`
+//!   counts sleep itself; on macOS and the BSDs a suspension is not seen.
 //! - Fencing tokens strictly increase across holders whose majorities differ, including the
 //!   counterexample that breaks "INCR and take the max", and after a clock jump on a majority
 //!   let a second holder in (`fencing::*`,
@@ -164,6 +174,8 @@
 //! - `metrics`: counters and histograms through the [`metrics`](https://docs.rs/metrics) crate:
 //!   `redlock_acquire_total{outcome}`, `redlock_acquire_seconds{outcome}`,
 //!   `redlock_extend_total{outcome}`, `redlock_extend_lag_seconds`, `redlock_lost_total`.
+//! - `test-util`: `test_util::simulate_suspend`, a suspension of the system simulated for
+//!   tests of code that must stop when its lock expires while the machine sleeps.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![cfg_attr(
     not(test),
@@ -171,6 +183,7 @@
 )]
 
 mod builder;
+mod clock;
 mod config;
 mod error;
 mod expiry;
@@ -205,3 +218,10 @@ pub use lost::LockLost;
 pub use redlock::{LockOptions, Redlock};
 pub use retry::Retry;
 pub use watchdog::AutoExtend;
+
+/// Helpers for testing code that uses locks (feature `test-util`).
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util {
+    pub use crate::clock::simulate_suspend;
+}

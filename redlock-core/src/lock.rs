@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, Notify};
 use tracing::{debug, instrument, warn};
 
 use crate::{
+    clock::LeaseInstant,
     error::{Error, NodeError, Result},
     fencing::FencingToken,
     local::Turn,
@@ -27,9 +28,10 @@ use crate::{
 
 /// A lock held on a quorum of nodes until [`deadline`](Lock::deadline).
 ///
-/// The deadline is measured on this process's monotonic clock from an instant taken *before* the
-/// first SET was sent, minus the clock drift allowance, so the lock is never reported as held
-/// for longer than the keys can live on the nodes.
+/// The deadline is measured on this process's clock from an instant taken *before* the first SET
+/// was sent, minus the clock drift allowance, so the lock is never reported as held for longer
+/// than the keys can live on the nodes. That clock counts the time the system spends suspended
+/// (see [`deadline`](Lock::deadline)).
 ///
 /// # Drop
 ///
@@ -145,20 +147,29 @@ macro_rules! getters {
             self.state.ttl()
         }
 
-        /// The monotonic instant until which the lock is held: `T1 + ttl − drift`, where `T1`
-        /// was taken before the first byte of the last acquisition or extension was sent.
+        /// The instant until which the lock is held: `T1 + ttl − drift`, where `T1` was taken
+        /// before the first byte of the last acquisition or extension was sent.
+        ///
+        /// The lease is measured on a clock that keeps counting while the system is suspended
+        /// (on Linux and Android; Windows' `Instant` does so itself), as the nodes' clocks do:
+        /// `Instant` stops then. So the instant returned is where the deadline stands on the
+        /// monotonic clock *now*: a suspension moves it earlier by as long as it lasted.
+        /// Compare it with `Instant::now()` at once, or use [`is_valid`](Self::is_valid) and
+        /// [`remaining`](Self::remaining), which read the lease clock.
         pub fn deadline(&self) -> Instant {
-            self.state.deadline.get()
+            self.state.deadline.get().to_instant()
         }
 
-        /// Time left before the deadline; zero once it passed.
+        /// Time left before the deadline; zero once it passed. Time the system spent
+        /// suspended counts.
         pub fn remaining(&self) -> Duration {
-            self.deadline().saturating_duration_since(Instant::now())
+            self.state.deadline.get().left()
         }
 
-        /// True while the deadline has not passed.
+        /// True while the deadline has not passed. Time the system spent suspended counts:
+        /// a lock whose lease ran out while the machine slept is not valid on waking.
         pub fn is_valid(&self) -> bool {
-            Instant::now() < self.deadline()
+            !self.state.deadline.get().has_passed()
         }
 
         /// The fencing token of this acquisition, when fencing is enabled: unique per
@@ -169,8 +180,9 @@ macro_rules! getters {
         }
 
         /// A future that resolves when the lock is lost: its deadline passes without a
-        /// successful extension. Driven by this process's monotonic clock, so it fires even
-        /// when every node is unreachable. Cheap to clone.
+        /// successful extension. Driven by this process's clock, so it fires even when every
+        /// node is unreachable, and within half a second of waking from a suspension that
+        /// outlasted the lease. Cheap to clone.
         pub fn lost(&self) -> LockLost {
             LockLost::new(self.state.clone())
         }
@@ -191,7 +203,7 @@ impl Lock {
         keys: Keys,
         value: Arc<str>,
         ttl: Duration,
-        deadline: Instant,
+        deadline: LeaseInstant,
         votes: Votes,
         fencing_token: Option<FencingToken>,
     ) -> Lock {
@@ -244,7 +256,10 @@ impl Lock {
     ///
     /// As [`extend_by`](Lock::extend_by).
     pub async fn extend(&self) -> Result<Instant> {
-        self.state.extend_by(self.state.ttl()).await
+        self.state
+            .extend_by(self.state.ttl())
+            .await
+            .map(LeaseInstant::to_instant)
     }
 
     /// Extends the lease to `ttl` from now, on every node where the key still holds our token.
@@ -266,7 +281,10 @@ impl Lock {
     /// Dropping the future leaves the lock with its old deadline; some nodes may have applied the
     /// new expiry, which only keeps our own keys longer.
     pub async fn extend_by(&self, ttl: Duration) -> Result<Instant> {
-        self.state.extend_by(ttl).await
+        self.state
+            .extend_by(ttl)
+            .await
+            .map(LeaseInstant::to_instant)
     }
 
     /// Releases the lock: compare-and-delete on every node where our token is or may be stored,
@@ -364,10 +382,7 @@ impl Lock {
 
 impl LockState {
     fn fmt_fields(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let remaining = self
-            .deadline
-            .get()
-            .saturating_duration_since(Instant::now());
+        let remaining = self.deadline.get().left();
         f.debug_struct(name)
             .field("resources", &self.resources)
             .field(
@@ -392,7 +407,7 @@ impl LockState {
         Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed))
     }
 
-    pub(crate) fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> LeaseInstant {
         self.deadline.get()
     }
 
@@ -432,8 +447,8 @@ impl LockState {
     }
 
     #[instrument(level = "debug", skip_all, fields(key = %self.keys[0], ttl_ms = ttl.as_millis()))]
-    pub(crate) async fn extend_by(&self, ttl: Duration) -> Result<Instant> {
-        let t1 = Instant::now();
+    pub(crate) async fn extend_by(&self, ttl: Duration) -> Result<LeaseInstant> {
+        let t1 = LeaseInstant::now();
         let old_deadline = self.extension_start(ttl, t1)?;
         let shared = &self.shared;
         let (keys, value) = (&*self.keys, &*self.value);
@@ -456,7 +471,7 @@ impl LockState {
     }
 
     /// Checks that an extension sent at `t1` may start; returns the deadline it must beat.
-    pub(crate) fn extension_start(&self, ttl: Duration, t1: Instant) -> Result<Instant> {
+    pub(crate) fn extension_start(&self, ttl: Duration, t1: LeaseInstant) -> Result<LeaseInstant> {
         self.shared.settings.check_ttl(ttl)?;
         if self.is_released() {
             return Err(Error::Expired {
@@ -485,13 +500,13 @@ impl LockState {
     /// the old deadline, the new deadline being `t1 + ttl − drift`.
     pub(crate) fn extension_end(
         &self,
-        t1: Instant,
-        old_deadline: Instant,
+        t1: LeaseInstant,
+        old_deadline: LeaseInstant,
         ttl: Duration,
         extended: usize,
         failures: Vec<NodeError>,
-    ) -> Result<Instant> {
-        let now = Instant::now();
+    ) -> Result<LeaseInstant> {
+        let now = LeaseInstant::now();
         let new_deadline = timing::deadline(t1, ttl, self.shared.settings.drift(ttl));
         let quorum = self.shared.settings.quorum;
         let late = now >= old_deadline;
@@ -519,7 +534,7 @@ impl LockState {
         debug!(
             key = %self.keys[0],
             extended,
-            remaining_ms = (new_deadline - now).as_millis(),
+            remaining_ms = new_deadline.saturating_duration_since(now).as_millis(),
             "extended"
         );
         Ok(new_deadline)

@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, instrument, warn};
 
 use crate::{
     builder::RedlockBuilder,
+    clock::LeaseInstant,
     config::{RedlockConfig, Settings},
     error::{Error, Result},
     fencing::FencingToken,
@@ -184,7 +185,7 @@ impl Heard {
 /// the oldest ask the counted notices name), the other nodes whose notices count, and the
 /// successor to name at our own release.
 struct TakeOver {
-    at: Instant,
+    at: LeaseInstant,
     noticed: Vec<usize>,
     successor: Option<Successor>,
 }
@@ -198,11 +199,11 @@ struct Heir {
     /// Drawn at the first ask that carries it: an uncontended `lock` never draws one.
     token: Option<Arc<str>>,
     /// The asks that carried the token, by number, with when each was started (the last few).
-    asks: VecDeque<(u64, Instant)>,
+    asks: VecDeque<(u64, LeaseInstant)>,
     next_ask: u64,
     /// No hand-over to the token can have happened before this: when the first ask carrying
     /// it started, then when the last ask answered with a place in the queue started.
-    floor: Option<Instant>,
+    floor: Option<LeaseInstant>,
 }
 
 /// How many asks of one wait a hand-over notice may name (older ones are forgotten: a notice
@@ -221,7 +222,7 @@ impl Heir {
 
     /// The token and a number for an ask about to start, whose start it notes.
     fn register(&mut self) -> (Arc<str>, u64) {
-        let (ask, now) = (self.next_ask, Instant::now());
+        let (ask, now) = (self.next_ask, LeaseInstant::now());
         self.next_ask += 1;
         if self.asks.len() == ASKS_KEPT {
             self.asks.pop_front();
@@ -235,7 +236,7 @@ impl Heir {
     }
 
     /// When ask `ask` started, if it is still remembered.
-    fn started(&self, ask: u64) -> Option<Instant> {
+    fn started(&self, ask: u64) -> Option<LeaseInstant> {
         self.asks
             .iter()
             .find_map(|(n, at)| (*n == ask).then_some(*at))
@@ -947,7 +948,7 @@ impl Redlock {
         let value = LockToken::random().encode();
         // T1 is taken before the first byte leaves, so the time spent acquiring is subtracted
         // from the validity whatever happens while waiting for replies.
-        let t1 = Instant::now();
+        let t1 = LeaseInstant::now();
         let votes = match approach {
             Approach::Parallel => Votes::send(&self.shared, keys, &value, ttl, fenced),
             Approach::Sequenced | Approach::InTurn => {
@@ -1114,7 +1115,7 @@ impl Redlock {
         ttl: Duration,
         fenced: bool,
         in_turn: bool,
-        t1: Instant,
+        t1: LeaseInstant,
         guard: &mut AttemptGuard<'_>,
     ) -> Result<Lock> {
         let value = guard.value;
@@ -1130,7 +1131,7 @@ impl Redlock {
             None => Err(Error::EmptyKey),
         };
         let outcome = outcome.and_then(|fence| {
-            if timing::still_valid(deadline, Instant::now(), settings.min_validity) {
+            if timing::still_valid(deadline, LeaseInstant::now(), settings.min_validity) {
                 Ok(fence)
             } else {
                 Err(Error::Expired { key: target.name() })
@@ -1200,14 +1201,14 @@ impl Redlock {
         target: &Target,
         value: &str,
         fenced: bool,
-        in_turn: Option<Instant>,
+        in_turn: Option<LeaseInstant>,
     ) -> Result<Option<FencingToken>> {
         let quorum = self.shared.settings.quorum;
         let (granted, tally) = match in_turn {
             // Boxed: contended only, and every lock's future holds this one.
             Some(deadline) => {
                 let min_validity = self.shared.settings.min_validity;
-                let may_ask = || timing::still_valid(deadline, Instant::now(), min_validity);
+                let may_ask = || timing::still_valid(deadline, LeaseInstant::now(), min_validity);
                 Box::pin(votes.decide_in_turn(&self.shared, &IN_TURN_PAUSES, may_ask)).await
             }
             None => votes.decide(&self.shared).await,

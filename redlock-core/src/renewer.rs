@@ -10,14 +10,14 @@
 use std::{
     collections::HashMap,
     sync::{Arc, OnceLock},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug_span};
 
-use crate::{error::Result, lock::LockState};
+use crate::{clock::LeaseInstant, error::Result, lock::LockState};
 
 /// Most locks per script call (Redisson uses 100 too).
 pub(crate) const BATCH: usize = 100;
@@ -28,7 +28,7 @@ const WINDOW: Duration = Duration::from_millis(5);
 struct Request {
     state: Arc<LockState>,
     ttl: Duration,
-    reply: oneshot::Sender<Result<Instant>>,
+    reply: oneshot::Sender<Result<LeaseInstant>>,
 }
 
 /// The renewal queue of one `Redlock`; its task starts on first use and ends with the handle.
@@ -48,7 +48,11 @@ impl std::fmt::Debug for Renewer {
 impl Renewer {
     /// Extends `state` by `ttl`, in a batch when it can (single-key locks on a running tokio
     /// runtime), directly otherwise.
-    pub(crate) async fn extend(&self, state: Arc<LockState>, ttl: Duration) -> Result<Instant> {
+    pub(crate) async fn extend(
+        &self,
+        state: Arc<LockState>,
+        ttl: Duration,
+    ) -> Result<LeaseInstant> {
         // The direct path is boxed: every auto-extended lock's watchdog task embeds this future,
         // and the direct extension's state is large and rarely needed.
         if state.single_key().is_none() {
@@ -108,7 +112,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Request>) {
 
 /// One script call per node for the whole batch, then each lock's own verdict.
 async fn extend_batch(requests: Vec<Request>, ttl: Duration) {
-    let t1 = Instant::now();
+    let t1 = LeaseInstant::now();
     let mut live = Vec::with_capacity(requests.len());
     for request in requests {
         match request.state.extension_start(ttl, t1) {

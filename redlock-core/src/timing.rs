@@ -1,6 +1,8 @@
 //! The arithmetic of Redlock: quorum, drift and deadlines. Pure functions, unit-tested here.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::LeaseInstant;
 
 /// The smallest majority of `nodes`: `N/2 + 1`. Two majorities of the same N always share at
 /// least one node, and a node holds one value per key, so two clients can never both hold a
@@ -23,13 +25,18 @@ pub(crate) fn drift(ttl: Duration, factor: f64) -> Duration {
 /// Every node ran its SET at a real time of at least `t1`, so every key lives until at least
 /// `t1 + ttl` on its node's clock, which is `t1 + ttl - drift` on ours. Anchoring at `t1`
 /// rather than at the last reply means the time spent acquiring is already subtracted:
-/// validity = ttl − elapsed − drift.
-pub(crate) fn deadline(t1: Instant, ttl: Duration, drift: Duration) -> Instant {
+/// validity = ttl − elapsed − drift. Both are on the lease clock, which counts the time the
+/// system spends suspended, as the nodes' clocks do ([`clock`](crate::clock)).
+pub(crate) fn deadline(t1: LeaseInstant, ttl: Duration, drift: Duration) -> LeaseInstant {
     t1 + ttl.saturating_sub(drift)
 }
 
 /// Whether a quorum of `ok` votes still leaves enough validity to grant.
-pub(crate) fn still_valid(deadline: Instant, now: Instant, min_validity: Duration) -> bool {
+pub(crate) fn still_valid(
+    deadline: LeaseInstant,
+    now: LeaseInstant,
+    min_validity: Duration,
+) -> bool {
     deadline
         .checked_duration_since(now)
         .is_some_and(|left| left >= min_validity)
@@ -78,14 +85,17 @@ mod tests {
 
     #[test]
     fn deadline_is_anchored_before_the_first_send() {
-        let t1 = Instant::now();
+        let t1 = LeaseInstant::now();
         let d = deadline(t1, Duration::from_secs(10), Duration::from_millis(102));
-        assert_eq!(d - t1, Duration::from_millis(9_898));
+        assert_eq!(
+            d.saturating_duration_since(t1),
+            Duration::from_millis(9_898)
+        );
     }
 
     #[test]
     fn validity_needs_min_validity_left() {
-        let now = Instant::now();
+        let now = LeaseInstant::now();
         let d = now + Duration::from_millis(5);
         assert!(still_valid(d, now, Duration::from_millis(5)));
         assert!(!still_valid(d, now, Duration::from_millis(6)));

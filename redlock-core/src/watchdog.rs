@@ -78,8 +78,8 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
         }
         let now = Instant::now();
         crate::telemetry::extension_lag(now.saturating_duration_since(next));
-        let deadline = state.deadline();
-        if now >= deadline {
+        // On the lease clock: a suspension that outlasted the lease ended it.
+        if state.deadline().has_passed() {
             crate::telemetry::lost();
             return;
         }
@@ -102,7 +102,7 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
             Err(e) if e.is_input() => return,
             Err(e) => {
                 debug!(error = %e, "extension failed, retrying");
-                let left = state.deadline().saturating_duration_since(Instant::now());
+                let left = state.deadline().left();
                 next = Instant::now() + (every / 4).min(left / 2).max(Duration::from_millis(1));
             }
         }
