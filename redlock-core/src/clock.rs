@@ -21,7 +21,7 @@ use std::{
     ops::{Add, Sub},
     sync::{
         LazyLock,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -67,17 +67,21 @@ impl LeaseInstant {
     }
 
     /// The same moment on the monotonic clock, as the system stands now (a later suspension
-    /// moves it earlier): for timers and for the public API, which speak `Instant`. The
-    /// monotonic clock is read first, so the moment comes out early by the time between the
-    /// two reads, never late. One too far in the past to be represented is given as now (it
-    /// has passed either way).
+    /// moves it earlier): for timers and for the public API, which speak `Instant`. The same
+    /// lease instant converts to the same `Instant` until the system is suspended again (see
+    /// [`counted_suspension`]).
     pub(crate) fn to_instant(self) -> Instant {
-        let (monotonic, now) = (Instant::now(), LeaseInstant::now());
-        match self.checked_duration_since(now) {
-            Some(ahead) => monotonic.checked_add(ahead).unwrap_or(monotonic),
-            None => monotonic
-                .checked_sub(now.saturating_duration_since(self))
-                .unwrap_or(monotonic),
+        let origin = &*ORIGIN;
+        let suspension = counted_suspension();
+        match self.0.checked_sub(origin.lease) {
+            Some(after) => origin
+                .monotonic
+                .checked_add(after.saturating_sub(suspension))
+                .unwrap_or(origin.monotonic),
+            None => origin
+                .monotonic
+                .checked_sub(origin.lease.saturating_sub(self.0) + suspension)
+                .unwrap_or(origin.monotonic),
         }
     }
 }
@@ -117,11 +121,6 @@ mod source {
     pub(super) fn boot() -> Duration {
         duration(clock_gettime(ClockId::Boottime))
     }
-
-    /// The time since boot, suspensions excluded (`CLOCK_MONOTONIC`, as `Instant`).
-    pub(super) fn monotonic() -> Duration {
-        duration(clock_gettime(ClockId::Monotonic))
-    }
 }
 
 /// The lease clock's reading: the time since boot, suspensions included.
@@ -137,26 +136,59 @@ fn lease_clock() -> Duration {
     ORIGIN.get_or_init(Instant::now).elapsed()
 }
 
-/// How long the system has been suspended since it booted (simulated suspensions included), for
-/// finding that it was: the difference of two clocks read one after the other (monotonic first),
-/// so it may come out high by the time between the reads, never low.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn suspended() -> Duration {
-    let monotonic = source::monotonic();
-    let boot = source::boot();
-    boot.saturating_sub(monotonic) + simulated::offset()
+/// Where the two clocks stood at the first conversion: the monotonic clock read first, so that
+/// converted instants come out early by the time between the two reads, never late.
+struct Origin {
+    monotonic: Instant,
+    lease: Duration,
 }
 
-/// How long the system has been suspended: not measured on this platform (simulated suspensions
-/// only).
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn suspended() -> Duration {
-    simulated::offset()
-}
+static ORIGIN: LazyLock<Origin> = LazyLock::new(|| {
+    // The closest of a few readings: a thread preempted between two reads would leave every
+    // conversion early by the preemption.
+    let mut best: Option<(Duration, Origin)> = None;
+    for _ in 0..8 {
+        let monotonic = Instant::now();
+        let lease = LeaseInstant::now().0;
+        let gap = monotonic.elapsed();
+        if best.as_ref().is_none_or(|(closest, _)| gap < *closest) {
+            best = Some((gap, Origin { monotonic, lease }));
+        }
+    }
+    best.map_or_else(
+        || Origin {
+            monotonic: Instant::now(),
+            lease: LeaseInstant::now().0,
+        },
+        |(_, origin)| origin,
+    )
+});
 
-/// How much the suspension offset must grow between two checks to count as a suspension: far
-/// above the time between two clock reads, far below any lease.
+/// The suspensions since [`ORIGIN`] that conversions count, in nanoseconds.
+static COUNTED_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// How far the clocks must draw apart beyond what is counted to count as a suspension: far above
+/// the time between two clock reads (so that one moment always converts to the same `Instant`
+/// while the system stays awake), far below any lease.
 const SUSPENSION_FOUND: Duration = Duration::from_millis(20);
+
+/// How long the system has been suspended since [`ORIGIN`], as conversions count it: the
+/// clocks' drift apart since then, read now, once it exceeds what was counted by
+/// [`SUSPENSION_FOUND`]. A suspension shorter than that is left out of conversions (its timers
+/// fire that much late at most); comparisons of lease instants count every nanosecond.
+fn counted_suspension() -> Duration {
+    let origin = &*ORIGIN;
+    let monotonic = origin.monotonic.elapsed();
+    let lease = LeaseInstant::now().0.saturating_sub(origin.lease);
+    let drawn_apart = lease.saturating_sub(monotonic);
+    let counted = Duration::from_nanos(COUNTED_NANOS.load(Ordering::Acquire));
+    if drawn_apart >= counted + SUSPENSION_FOUND {
+        let nanos = u64::try_from(drawn_apart.as_nanos()).unwrap_or(u64::MAX);
+        let before = COUNTED_NANOS.fetch_max(nanos, Ordering::AcqRel);
+        return Duration::from_nanos(before.max(nanos));
+    }
+    counted
+}
 
 /// How often a process with futures waiting on a lease checks whether the system was suspended.
 pub(crate) const RESUME_CHECK: Duration = Duration::from_millis(500);
@@ -203,9 +235,10 @@ impl Drop for ResumeWatch {
     }
 }
 
-/// Checks the suspension offset every [`RESUME_CHECK`] while anybody waits, waking every waiter
-/// when it grew. Ends once nobody waits (the next waiter starts another), and clears the flag
-/// however it ends, its runtime shutting down included.
+/// Checks every [`RESUME_CHECK`] while anybody waits whether the system was suspended (see
+/// [`counted_suspension`]), waking every waiter when it was. Ends once nobody waits (the next
+/// waiter starts another), and clears the flag however it ends, its runtime shutting down
+/// included.
 async fn check_for_suspension() {
     struct Running;
     impl Drop for Running {
@@ -214,21 +247,17 @@ async fn check_for_suspension() {
         }
     }
     let _running = Running;
-    let mut last = suspended();
+    let mut last = counted_suspension();
     loop {
         tokio::time::sleep(RESUME_CHECK).await;
-        let now = suspended();
-        if now >= last + SUSPENSION_FOUND {
+        let now = counted_suspension();
+        if now > last {
             tracing::debug!(
                 suspended_ms = (now - last).as_millis(),
                 "the system was suspended"
             );
             RESUMED.notify_waiters();
             last = now;
-        } else {
-            // Every reading is at least the true offset (see `suspended`): the lowest is the
-            // closest.
-            last = last.min(now);
         }
         if WAITING.load(Ordering::Acquire) == 0 {
             return;
@@ -298,6 +327,15 @@ mod tests {
         assert!(left >= Duration::from_secs(9));
         assert!(deadline.left() <= Duration::from_secs(10));
         assert!(!deadline.has_passed());
+    }
+
+    #[test]
+    fn a_lease_instant_converts_to_the_same_instant_every_time_while_awake() {
+        let deadline = LeaseInstant::now() + Duration::from_secs(10);
+        let first = deadline.to_instant();
+        for _ in 0..10_000 {
+            assert_eq!(deadline.to_instant(), first);
+        }
     }
 
     #[test]
