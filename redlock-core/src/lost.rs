@@ -86,7 +86,7 @@ impl Clone for LockLost {
 impl fmt::Debug for LockLost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockLost")
-            .field("deadline", &self.state.deadline())
+            .field("remaining", &self.state.deadline().left())
             .finish()
     }
 }
