@@ -214,7 +214,8 @@ impl ResumeWatch {
         if !CHECKING.swap(true, Ordering::AcqRel) {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    runtime.spawn(check_for_suspension());
+                    // Read now, not when the task first runs: a suspension in between counts.
+                    runtime.spawn(check_for_suspension(counted_suspension()));
                 }
                 Err(_) => CHECKING.store(false, Ordering::Release),
             }
@@ -235,11 +236,11 @@ impl Drop for ResumeWatch {
     }
 }
 
-/// Checks every [`RESUME_CHECK`] while anybody waits whether the system was suspended (see
-/// [`counted_suspension`]), waking every waiter when it was. Ends once nobody waits (the next
+/// Checks every [`RESUME_CHECK`] while anybody waits whether the system was suspended since the
+/// count read `last` (see [`counted_suspension`]), waking every waiter when it was. Ends once nobody waits (the next
 /// waiter starts another), and clears the flag however it ends, its runtime shutting down
 /// included.
-async fn check_for_suspension() {
+async fn check_for_suspension(mut last: Duration) {
     struct Running;
     impl Drop for Running {
         fn drop(&mut self) {
@@ -247,7 +248,6 @@ async fn check_for_suspension() {
         }
     }
     let _running = Running;
-    let mut last = counted_suspension();
     loop {
         tokio::time::sleep(RESUME_CHECK).await;
         let now = counted_suspension();

@@ -77,7 +77,11 @@
 //!   `a_lock_whose_lease_ran_out_during_a_suspension_is_not_valid_on_waking`,
 //!   `a_shorter_suspension_takes_its_length_off_the_lease`,
 //!   `lost_fires_and_run_drops_the_work_soon_after_waking_from_a_long_suspension`,
-//!   `a_suspension_during_an_acquisition_counts_against_its_validity`). Windows' `Instant`
+//!   `a_suspension_during_an_acquisition_counts_against_its_validity`); auto-extension extends
+//!   on waking while the lease lasts
+//!   (`a_waiting_watchdog_is_woken_by_a_suspension_and_extends_in_time`), and never later than
+//!   half the lease left (`a_watchdog_started_after_a_suspension_extends_within_half_the_lease_left`).
+//!   Windows' `Instant`
 //!   counts sleep itself; on macOS and the BSDs a suspension is not seen.
 //! - Fencing tokens strictly increase across holders whose majorities differ, including the
 //!   counterexample that breaks "INCR and take the max", and after a clock jump on a majority

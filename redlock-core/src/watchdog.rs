@@ -7,13 +7,14 @@ use std::{
 
 use tracing::{Instrument, debug, debug_span, warn};
 
-use crate::{error::Error, lock::LockState};
+use crate::{clock::ResumeWatch, error::Error, lock::LockState};
 
 /// How a lock is kept alive by [`Lock::auto_extend`](crate::Lock::auto_extend),
 /// [`Redlock::run`](crate::Redlock::run) and the tower and apalis guards.
 ///
 /// Every `every` (a third of the ttl by default) the lock is extended by its ttl, each attempt
-/// anchored at its own send time. A failed attempt keeps the old deadline and is retried sooner
+/// anchored at its own send time, and never later than when half the lease is left. Woken from a
+/// suspension of the system, it extends at once if the lease still runs. A failed attempt keeps the old deadline and is retried sooner
 /// while the deadline has not passed; extension never happens after it (no resurrection).
 /// With `max_hold`, the lock is never extended past that long after auto-extension started, and
 /// is then lost at its last deadline.
@@ -65,16 +66,23 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
         .every
         .unwrap_or(ttl / 3)
         .max(Duration::from_millis(1));
-    let mut next = aligned(started, every);
+    let mut next = within_lease(aligned(started, every), &state);
     state.settle_stragglers().await;
+    // Its timer stops while the system is suspended, the lease does not: woken from a
+    // suspension, it extends at once if the lease is still running (see `clock`).
+    let suspension = ResumeWatch::new();
     loop {
         let stopped = state.stopped().notified();
+        let resumed = suspension.resumed();
+        tokio::pin!(resumed);
+        resumed.as_mut().enable();
         if state.is_released() {
             return;
         }
         tokio::select! {
             () = stopped => return,
             () = tokio::time::sleep_until(next.into()) => {}
+            () = &mut resumed => debug!("woken from a suspension: extending now"),
         }
         let now = Instant::now();
         crate::telemetry::extension_lag(now.saturating_duration_since(next));
@@ -93,7 +101,7 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
             extension = extension.min(end - now);
         }
         match state.shared.renewer.extend(state.clone(), extension).await {
-            Ok(_) => next = aligned(Instant::now(), every),
+            Ok(_) => next = within_lease(aligned(Instant::now(), every), &state),
             Err(Error::Expired { .. }) => {
                 crate::telemetry::lost();
                 return;
@@ -107,6 +115,14 @@ async fn run(state: Arc<LockState>, config: AutoExtend) {
             }
         }
     }
+}
+
+/// `next`, or sooner if half the lease left comes first: an `every` longer than that (set so,
+/// or a suspension that ate the lease before the watchdog started) would let the lease run out
+/// between two extensions.
+fn within_lease(next: Instant, state: &LockState) -> Instant {
+    let half_left = state.deadline().left() / 2;
+    next.min(Instant::now() + half_left)
 }
 
 /// The next extension time, `now + every` rounded *down* to a grid of `every / 8` shared by the

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use redlock_core::{Error, Redlock, Retry, test_util::simulate_suspend};
+use redlock_core::{AutoExtend, Error, Redlock, Retry, test_util::simulate_suspend};
 use redlock_tests::Cluster;
 use tokio::sync::Mutex;
 
@@ -178,4 +178,62 @@ async fn a_suspension_during_an_acquisition_counts_against_its_validity() {
         .await,
         "the failed attempt left a key behind"
     );
+}
+
+/// A watchdog that starts after a suspension ate most of the lease extends within half the lease
+/// left, not at its first tick (a third of the ttl), which would come after the lease's end.
+#[tokio::test]
+async fn a_watchdog_started_after_a_suspension_extends_within_half_the_lease_left() {
+    let _turn = TURNS.lock().await;
+    let nodes = cluster();
+    let client = redlock(&nodes, Duration::from_secs(30), Duration::from_millis(200));
+    let lock = client.lock("kept").await.expect("lock taken");
+    // Every 10 s: the next extension would come when 35 s of the 30 s lease have passed.
+    lock.auto_extend(AutoExtend::new());
+
+    simulate_suspend(Duration::from_secs(25));
+    assert!(lock.remaining() < Duration::from_secs(5));
+
+    assert!(
+        eventually(Duration::from_secs(4), || lock.remaining()
+            > Duration::from_secs(25))
+        .await,
+        "not extended on waking: {:?} left",
+        lock.remaining()
+    );
+    lock.release().await.expect("release");
+}
+
+/// A watchdog already waiting for its next tick when the system is suspended is woken by the
+/// suspension check and extends while the lease lasts: its tick, delayed by the suspension,
+/// would come after the lease's end.
+#[tokio::test]
+async fn a_waiting_watchdog_is_woken_by_a_suspension_and_extends_in_time() {
+    let _turn = TURNS.lock().await;
+    let nodes = cluster();
+    let client = redlock(&nodes, Duration::from_secs(12), Duration::from_millis(200));
+    let lock = client.lock("watched").await.expect("lock taken");
+    let first = lock.deadline();
+    // Every 4 s: once it extended, the watchdog waits 4 s for its next tick.
+    lock.auto_extend(AutoExtend::new());
+    assert!(
+        eventually(Duration::from_secs(6), || lock.deadline()
+            > first + Duration::from_secs(2))
+        .await,
+        "the first extension"
+    );
+
+    // About 2 s of the lease are left, and the next tick is up to 4 s away.
+    simulate_suspend(Duration::from_secs(10));
+    assert!(lock.remaining() < Duration::from_secs(2));
+
+    assert!(
+        eventually(Duration::from_secs(2), || lock.remaining()
+            > Duration::from_secs(10))
+        .await,
+        "not extended on waking: {:?} left",
+        lock.remaining()
+    );
+    assert!(lock.is_valid());
+    lock.release().await.expect("release");
 }
