@@ -132,8 +132,8 @@ fn lease_clock() -> Duration {
 /// The lease clock's reading: `Instant`, as the time since the first reading in this process.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn lease_clock() -> Duration {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed()
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
 }
 
 /// Where the two clocks stood at the first conversion: the monotonic clock read first, so that
