@@ -121,9 +121,12 @@
 //! passed over once its lease runs out: a release neither hands it the key nor spends its wake-up
 //! on it (`queue::a_release_skips_a_dead_waiter_and_hands_over_to_the_next`,
 //! `queue::an_uncontended_release_wakes_the_live_waiter_behind_a_dead_one`,
-//! `queue::a_dead_waiter_loses_its_place_when_its_lease_runs_out`). While the lock stays
-//! contended, a holder that was handed the key also learns who is next, and its release hands
-//! the key over to that waiter on every node where it still holds its own token: the waiter
+//! `queue::a_dead_waiter_loses_its_place_when_its_lease_runs_out`). The loser of a split vote that
+//! won the sequencer node, where the holder then holds nothing, is woken by the holder's release
+//! all the same (`queue::the_loser_of_a_split_vote_is_woken_by_the_winners_release`). While the
+//! lock stays contended, a holder that was handed the key also learns who is next, and its
+//! release hands the key over to that waiter on every node where it still holds its own token:
+//! the waiter
 //! holds on the sequencer's notice plus enough other nodes' for a quorum, one trip after the
 //! release, without a SET of its own (`handover::a_release_hands_the_key_over_on_every_node_in_one_trip`),
 //! its validity counted from the ask of its that the holder named

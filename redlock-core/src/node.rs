@@ -617,6 +617,24 @@ impl Node {
         (vote, Some(link))
     }
 
+    /// Flags `key` as waited for on this node, its sequencer, for `ttl`
+    /// ([`waiting_flag`](scripts::waiting_flag)): the waiter of an attempt that won this node but
+    /// lost the vote (a split), whose holder holds nothing here, so that the holder's release
+    /// here wakes it ([`RELEASE_UNCONTENDED`](scripts::RELEASE_UNCONTENDED)). Bounded by the node
+    /// timeout.
+    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
+    pub(crate) async fn flag_waiting(&self, key: &str, ttl: Duration) -> Result<(), NodeErrorKind> {
+        let link = self.link().await?;
+        let mut conn = link.conn.clone();
+        let mut flag = Cmd::new();
+        flag.arg("SET")
+            .arg(scripts::waiting_flag(key))
+            .arg("1")
+            .arg("PX")
+            .arg(ttl_millis(ttl));
+        self.run::<()>(&link, flag.query_async(&mut conn)).await
+    }
+
     /// Leaves the wait queue of `key` (a waiter that stopped waiting), freeing the key if it
     /// was handed over to `heir` (our registered token) meanwhile, and waking the next waiter
     /// if the lock is free. Waits for the answer up to `timeout`.

@@ -648,6 +648,9 @@ impl Redlock {
         // How long a token we stop using leaves tombstones (see `handover`).
         let life = tombstone_life(&self.shared, queue_lease(&retry));
         let mut spot: Option<QueueSpot> = None;
+        // After a split vote, a queued waiter also listens to every release of the key (see
+        // `listen_after_a_split`), until it stands in line.
+        let mut every_release: Option<Watch> = None;
         // Set when a message said our turn came (or the lock was released).
         let mut in_turn = false;
         // Set when the sequencer node handed the key over to our registered token (a moment
@@ -757,6 +760,7 @@ impl Redlock {
                         handed,
                         held,
                         sequencer: answered,
+                        won_sequencer,
                     } = refused;
                     // An attempt decided before the sequencer's reply came says nothing about it.
                     if let Some(answered) = answered {
@@ -775,6 +779,18 @@ impl Redlock {
                         });
                         continue;
                     }
+                    // A split vote: we won the sequencer node and lost the vote, so the holder
+                    // holds nothing there, and its release there has no key of its own to
+                    // compare. Asking again now would only win that node again. Instead we
+                    // flag the key there and listen to every release of it: a release that
+                    // finds the key free there wakes flagged waiters
+                    // (`scripts::RELEASE_UNCONTENDED`).
+                    // Only when a quorum of the other nodes said "held": one "held" and a node
+                    // down or paused is a failed vote, not a holder elsewhere.
+                    let split = won_sequencer
+                        && err.is_contended()
+                        && target.keys.len() == 1
+                        && queued.is_none();
                     if (err.is_contended() || held) && watch.is_none() {
                         // Held by another process: listen for its release, then try once more
                         // at once, in case it was released before we listened (unless we were
@@ -790,14 +806,31 @@ impl Redlock {
                         .await;
                         let fresh = listening.is_fresh();
                         watch = Some(listening);
-                        if fresh {
+                        if fresh && !split {
                             continue;
                         }
                     }
+                    if queued.is_some() {
+                        // In line: our turn message wakes us.
+                        every_release = None;
+                    }
+                    if split {
+                        Box::pin(self.listen_after_a_split(
+                            &target.keys[0],
+                            first_node,
+                            fair.is_some(),
+                            queue_lease(&retry).saturating_mul(2),
+                            &mut every_release,
+                        ))
+                        .await;
+                    }
                     let mut pause = retry.pause();
-                    if queued.is_some_and(|place| place > 1) {
+                    if queued.is_some_and(|place| place > 1) || split {
                         // Others are ahead of us: we will be woken when our turn comes, and
-                        // only need to ask again to keep our place.
+                        // only need to ask again to keep our place. Or we lost a split vote
+                        // and flagged the key: the release wakes us, and an ask meanwhile
+                        // would take the sequencer node again and hold it through the release,
+                        // whose wake-up would then find the key taken.
                         pause = pause.max(QUEUE_POLL);
                     }
                     if timed || queued.is_some() {
@@ -806,8 +839,15 @@ impl Redlock {
                     match &watch {
                         Some(watch) => {
                             let woken = Box::pin(async {
+                                let every = async {
+                                    match &every_release {
+                                        Some(every) => every.notified().await,
+                                        None => std::future::pending().await,
+                                    }
+                                };
                                 tokio::select! {
                                     () = watch.notified() => true,
+                                    () = every => true,
                                     () = tokio::time::sleep(pause) => false,
                                 }
                             })
@@ -1015,8 +1055,42 @@ impl Redlock {
             // A failed attempt keeps its votes in the guard until it is dropped.
             refused.held = votes.saw_held();
             refused.sequencer = votes.sequencer_answered();
+            refused.won_sequencer = votes.won_sequencer();
         }
         outcome
+    }
+
+    /// After a split vote (see `lock_waiting`): flags `key` on its sequencer node `first`, so that
+    /// the holder's release there wakes us, and, for a queued waiter (`fair`), which listens to
+    /// its turn messages only, also listens to every release of the key (`every_release`). A
+    /// flag that could not be set leaves the retry pause to find the release.
+    async fn listen_after_a_split(
+        &self,
+        key: &str,
+        first: usize,
+        fair: bool,
+        flag_for: Duration,
+        every_release: &mut Option<Watch>,
+    ) {
+        if fair && every_release.is_none() {
+            let answering = !self.shared.silence.is_silent(first);
+            *every_release = Some(
+                self.shared
+                    .notifier
+                    .watch(
+                        std::slice::from_ref(&key.to_owned()),
+                        first,
+                        false,
+                        answering,
+                    )
+                    .await,
+            );
+        }
+        if let Some(node) = self.shared.nodes.get(first)
+            && let Err(error) = node.flag_waiting(key, flag_for).await
+        {
+            debug!(%error, "could not flag the key after a split vote");
+        }
     }
 
     /// After a wake-up, collects the hand-over notices for our registered `token`: once the
@@ -1289,6 +1363,9 @@ struct Refused {
     /// Whether the key's sequencer node answered (`Some(true)`), failed to (`Some(false)`: down
     /// or paused past its node timeout), or had not yet when the attempt ended.
     sequencer: Option<bool>,
+    /// The sequencer node stored our token, yet the attempt failed: with `held`, a split vote,
+    /// whose holder holds nothing on the sequencer node.
+    won_sequencer: bool,
 }
 
 /// How an attempt asks the nodes.

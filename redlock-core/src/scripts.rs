@@ -215,14 +215,24 @@ return 1"#
 /// queue, or has flagged the key, from the moment the node refused it, in the same script, so a
 /// release that runs after a refusal always finds it. Returns 1 when it deleted the key.
 ///
+/// **A lock that never held the key here.** In a split vote, another attempt's SET reached this
+/// node first and was undone after it lost: the lock holds a quorum elsewhere and nothing here.
+/// That attempt's waiter flags the key and listens to every release (see `lock_waiting`). So a
+/// mode "1" release that finds the key free (not ours, and nobody's) wakes whoever waits all the
+/// same: the lock is free, or about to be. One that finds another token leaves everything alone.
+///
 /// KEYS: the lock key, the two keys of its [`wait_queue`], its waiting flag. ARGV: the token, the
 /// mode, the caller's wall clock in ms (for nodes whose scripts see no clock).
 pub(crate) static RELEASE_UNCONTENDED: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(concat!(
-        r#"if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+        r#"local current = redis.call("GET", KEYS[1])
+local ours = current == ARGV[1]
+if not ours and (current or ARGV[2] ~= "1") then
     return 0
 end
-redis.call("DEL", KEYS[1])
+if ours then
+    redis.call("DEL", KEYS[1])
+end
 local caller_clock = 3
 "#,
         node_clock_lua!(),
@@ -237,7 +247,10 @@ local caller_clock = 3
         redis.call("PUBLISH", KEYS[1] .. ":released:" .. head, "")
     end
 end
-return 1"#
+if ours then
+    return 1
+end
+return 0"#
     ))
 });
 

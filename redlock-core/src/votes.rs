@@ -144,6 +144,10 @@ pub(crate) struct Votes {
     /// Whether the key's sequencer node answered its SET (`Some(true)`) or failed to
     /// (`Some(false)`: down, or paused past its node timeout); `None` while it has not.
     sequencer_answered: Option<bool>,
+    /// The sequencer node stored our token before the votes were released (read by a waiter
+    /// whose attempt failed all the same: a split vote, see
+    /// [`won_sequencer`](Votes::won_sequencer)).
+    won_first: bool,
     /// The sequencer node answered that a release handed the key over to the token we
     /// registered ([`Vote::Handed`]).
     handed: bool,
@@ -305,6 +309,13 @@ impl Votes {
         self.sequencer_answered
     }
 
+    /// Whether the key's sequencer node stored our token at some point before the votes were
+    /// released. In a failed attempt that saw the key held elsewhere, this is a split vote: the
+    /// holder holds nothing on the sequencer node.
+    pub(crate) fn won_sequencer(&self) -> bool {
+        self.won_first || self.first_granted()
+    }
+
     /// Some node answered that another token holds the key.
     pub(crate) fn saw_held(&self) -> bool {
         self.busy > 0
@@ -324,6 +335,7 @@ impl Votes {
             busy: 0,
             queued: None,
             sequencer_answered: None,
+            won_first: false,
             handed: false,
             contended: false,
             rest: Rest {
@@ -674,6 +686,7 @@ impl Votes {
     ) -> ReleaseTally {
         // Replies that arrived since the decision are as good as settled.
         self.drain(shared);
+        self.won_first |= self.first_granted();
         let until = Instant::now() + shared.settings.node_timeout;
         for index in 0..self.slots.len() {
             self.start_release(shared, index, keys, value, announce, until);
@@ -779,7 +792,25 @@ impl Votes {
         // A registered token's node that was busy may yet be handed the key by a release that
         // names us: its release leaves a tombstone there.
         let tombstone = self.heir.is_some() && index != self.first;
+        // A lock taken uncontended that lost its sequencer node to another attempt's SET (a split
+        // vote) holds nothing there, but the attempt that won it there may have flagged the key:
+        // its release there wakes whoever waits if it finds the key free
+        // (`scripts::RELEASE_UNCONTENDED`), and touches nothing else.
+        let wake_if_free = announce && index == self.first && keys.len() == 1 && !self.contended;
         self.slots[index] = match slot {
+            Slot::Settled {
+                holds: Holds::Busy, ..
+            } if wake_if_free => {
+                let span = shared.nodes[index].release_span();
+                Slot::Releasing {
+                    release: traced(span, async move {
+                        let result = undo.send(Via::Any).await;
+                        (result, None)
+                    }),
+                    until: Some(until),
+                    straggler: false,
+                }
+            }
             Slot::Settled {
                 holds: Holds::Busy, ..
             } if tombstone => {
@@ -830,6 +861,7 @@ impl Votes {
                 release: traced(shared.nodes[index].release_span(), async move {
                     let (vote, mut link) = set.await;
                     let via = match vote {
+                        Vote::Busy if wake_if_free => Some(Via::behind(link.as_mut(), false)),
                         Vote::Busy
                         | Vote::Queued(_)
                         | Vote::Handed

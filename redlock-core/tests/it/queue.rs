@@ -1195,3 +1195,67 @@ async fn a_client_remembers_a_paused_sequencer_node_for_its_next_wait() {
     .await;
     nodes[0].resume().unwrap();
 }
+
+/// A split vote: the waiter's first round won the key's sequencer node and lost the vote, so the
+/// holder holds nothing on that node, and its release there has no key of its own to compare.
+/// The waiter flags the key there and listens to every release of it, and the holder's release,
+/// finding the key free there, wakes it: it takes the lock at once, not at its next ask (a 1 s
+/// pause here).
+#[tokio::test]
+async fn the_loser_of_a_split_vote_is_woken_by_the_winners_release() {
+    let nodes = cluster(3);
+    let key = "redlock:split";
+    let seq = usize::try_from(sequencer(key, 3)).unwrap();
+    let holder = redlock(&nodes);
+    let waiter = redlock_with(&nodes, |b| {
+        b.retry(Retry::new(30, Duration::from_secs(1), Duration::ZERO))
+    });
+    // Another attempt's SET holds the sequencer node when the holder's arrives, and is undone.
+    nodes[seq]
+        .query(&["SET", key, "another-attempt", "PX", "10000"])
+        .unwrap();
+    let lock = holder.lock("split").await.expect("a quorum elsewhere");
+    // `lock` returns at the quorum: the holder's SET there may still be on its way, and must be
+    // refused before the other attempt's key goes.
+    assert!(
+        eventually(Duration::from_secs(2), || command_calls(&nodes[seq], "set")
+            >= 2)
+        .await,
+        "the holder's SET reached the sequencer node"
+    );
+    assert_eq!(
+        crate::support::values(&nodes, key)[seq].as_deref(),
+        Some("another-attempt"),
+        "the holder has nothing on the sequencer node"
+    );
+    nodes[seq].query(&["DEL", key]).unwrap();
+
+    let waiting = tokio::spawn(async move {
+        let lock = waiter.lock("split").await;
+        (lock, Instant::now())
+    });
+    // Its first round wins the free sequencer node, loses the vote, and flags the key there.
+    let flag = format!("{key}:queue:waiting");
+    assert!(
+        eventually(Duration::from_secs(3), || nodes[seq]
+            .get(&flag)
+            .unwrap()
+            .is_some())
+        .await,
+        "the waiter flagged the key"
+    );
+
+    let released = Instant::now();
+    lock.release().await.expect("release");
+    let (taken, at) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("bounded")
+        .unwrap();
+    let taken = taken.expect("the waiter took the lock");
+    let after = at.saturating_duration_since(released);
+    assert!(
+        after < Duration::from_millis(300),
+        "taken {after:?} after the release"
+    );
+    taken.release().await.expect("release");
+}
