@@ -800,20 +800,7 @@ impl Votes {
         self.slots[index] = match slot {
             Slot::Settled {
                 holds: Holds::Busy, ..
-            } if wake_if_free => {
-                let span = shared.nodes[index].release_span();
-                Slot::Releasing {
-                    release: traced(span, async move {
-                        let result = undo.send(Via::Any).await;
-                        (result, None)
-                    }),
-                    until: Some(until),
-                    straggler: false,
-                }
-            }
-            Slot::Settled {
-                holds: Holds::Busy, ..
-            } if tombstone => {
+            } if tombstone || wake_if_free => {
                 let span = shared.nodes[index].release_span();
                 Slot::Releasing {
                     release: traced(span, async move {
