@@ -207,26 +207,33 @@ pub(crate) struct ResumeWatch {
 }
 
 impl ResumeWatch {
-    /// Registers a waiter, starting the checking task on the current tokio runtime if none runs
-    /// (outside a runtime nothing checks, and the waiter's timers fire late after a suspension).
+    /// Registers a waiter, and starts the checking task if none runs (see
+    /// [`resumed`](ResumeWatch::resumed)).
     pub(crate) fn new() -> ResumeWatch {
         WAITING.fetch_add(1, Ordering::AcqRel);
-        if !CHECKING.swap(true, Ordering::AcqRel) {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    // Read now, not when the task first runs: a suspension in between counts.
-                    runtime.spawn(check_for_suspension(counted_suspension()));
-                }
-                Err(_) => CHECKING.store(false, Ordering::Release),
-            }
-        }
+        ensure_checking();
         ResumeWatch { resumed: &RESUMED }
     }
 
     /// Resolves when the system was found suspended after this call. Create the future, then
-    /// read the clock: a suspension found in between still wakes it.
+    /// read the clock: a suspension found in between still wakes it. Starts the checking task
+    /// again on the current runtime if the one that ran it shut down meanwhile.
     pub(crate) fn resumed(&self) -> tokio::sync::futures::Notified<'static> {
+        ensure_checking();
         self.resumed.notified()
+    }
+}
+
+/// Starts the checking task on the current tokio runtime unless one runs (outside a runtime
+/// nothing checks, and the waiters' timers fire late after a suspension).
+fn ensure_checking() {
+    if CHECKING.load(Ordering::Acquire) || CHECKING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        // The count is read now, not when the task first runs: a suspension in between counts.
+        Ok(runtime) => drop(runtime.spawn(check_for_suspension(counted_suspension()))),
+        Err(_) => CHECKING.store(false, Ordering::Release),
     }
 }
 
@@ -237,9 +244,9 @@ impl Drop for ResumeWatch {
 }
 
 /// Checks every [`RESUME_CHECK`] while anybody waits whether the system was suspended since the
-/// count read `last` (see [`counted_suspension`]), waking every waiter when it was. Ends once nobody waits (the next
-/// waiter starts another), and clears the flag however it ends, its runtime shutting down
-/// included.
+/// count read `last` (see [`counted_suspension`]), waking every waiter when it was. Ends once
+/// nobody waits (the next waiter starts another), and clears the flag however it ends, its
+/// runtime shutting down included.
 async fn check_for_suspension(mut last: Duration) {
     struct Running;
     impl Drop for Running {
