@@ -1363,8 +1363,9 @@ struct Refused {
     /// Whether the key's sequencer node answered (`Some(true)`), failed to (`Some(false)`: down
     /// or paused past its node timeout), or had not yet when the attempt ended.
     sequencer: Option<bool>,
-    /// The sequencer node stored our token, yet the attempt failed: with `held`, a split vote,
-    /// whose holder holds nothing on the sequencer node.
+    /// The sequencer node stored our token, yet the attempt failed: when a quorum of the other
+    /// nodes said "held" ([`Error::Contended`]), a split vote, whose holder holds nothing on the
+    /// sequencer node.
     won_sequencer: bool,
 }
 
