@@ -14,8 +14,9 @@ use crate::{clock::ResumeWatch, error::Error, lock::LockState};
 ///
 /// Every `every` (a third of the ttl by default) the lock is extended by its ttl, each attempt
 /// anchored at its own send time, and never later than when half the lease is left. Woken from a
-/// suspension of the system, it extends at once if the lease still runs. A failed attempt keeps the old deadline and is retried sooner
-/// while the deadline has not passed; extension never happens after it (no resurrection).
+/// suspension of the system, it extends at once if the lease still runs. A failed attempt keeps
+/// the old deadline and is retried sooner while the deadline has not passed; extension never
+/// happens after it (no resurrection).
 /// With `max_hold`, the lock is never extended past that long after auto-extension started, and
 /// is then lost at its last deadline.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
