@@ -20,8 +20,8 @@ use crate::{
 };
 
 /// A lock's deadline, on the lease clock: read without locking by every getter, moved by
-/// extensions, which wake the [`LockLost`] futures watching it. (A `tokio::sync::watch` channel did this before; it cost an
-/// allocation of about half a kilobyte per lock.)
+/// extensions, which wake the [`LockLost`] futures watching it. (A `tokio::sync::watch` channel
+/// did this before; it cost an allocation of about half a kilobyte per lock.)
 pub(crate) struct Deadline {
     /// Nanoseconds after [`epoch`].
     nanos: AtomicU64,

@@ -30,10 +30,10 @@
 //! wakes anybody only while the key's queue or its flag exists: nearly every release has nobody
 //! to wake. After a split vote in which a waiter's attempt won the sequencer node and lost the
 //! vote, the holder holds nothing there: that waiter flags the key and listens to every release,
-//! and the holder's release there, finding the key free, wakes it. A `lock_many` waiter listens on its first key's sequencer node only, so the release
-//! of another of its keys whose sequencer is another node does not wake it. Either way the
-//! retry pause is only a fallback bound, for a missed message, a node without pub/sub or a
-//! dropped connection.
+//! and the holder's release there, finding the key free, wakes it. A `lock_many` waiter listens
+//! on its first key's sequencer node only, so the release of another of its keys whose sequencer
+//! is another node does not wake it. Either way the retry pause is only a fallback bound, for a
+//! missed message, a node without pub/sub or a dropped connection.
 
 use std::{
     collections::HashMap,
