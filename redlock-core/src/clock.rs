@@ -11,7 +11,7 @@
 //!
 //! Timers still sleep on the monotonic clock, so one armed before a suspension fires late by as
 //! long as it lasted. [`ResumeWatch`] covers that for the futures that must fire on time
-//! ([`LockLost`](crate::LockLost)): while any waits, one task per process checks every
+//! ([`LockLost`](crate::LockLost)): while any waits, one thread per process checks every
 //! [`RESUME_CHECK`] whether the two clocks drew apart, and wakes them when they did.
 //!
 //! Elsewhere than Linux and Android the lease clock is `Instant`: Windows' already counts
@@ -197,18 +197,17 @@ pub(crate) const RESUME_CHECK: Duration = Duration::from_millis(500);
 static RESUMED: LazyLock<Notify> = LazyLock::new(Notify::new);
 /// How many futures wait on [`RESUMED`].
 static WAITING: AtomicUsize = AtomicUsize::new(0);
-/// Whether the task that checks for a suspension runs.
+/// Whether the thread that checks for a suspension runs.
 static CHECKING: AtomicBool = AtomicBool::new(false);
 
-/// A registration for [`resumed`](ResumeWatch::resumed): keeps the checking task running while
+/// A registration for [`resumed`](ResumeWatch::resumed): keeps the checking thread running while
 /// it lives.
 pub(crate) struct ResumeWatch {
     resumed: &'static Notify,
 }
 
 impl ResumeWatch {
-    /// Registers a waiter, and starts the checking task if none runs (see
-    /// [`resumed`](ResumeWatch::resumed)).
+    /// Registers a waiter, and starts the checking thread if none runs.
     pub(crate) fn new() -> ResumeWatch {
         WAITING.fetch_add(1, Ordering::AcqRel);
         ensure_checking();
@@ -216,24 +215,28 @@ impl ResumeWatch {
     }
 
     /// Resolves when the system was found suspended after this call. Create the future, then
-    /// read the clock: a suspension found in between still wakes it. Starts the checking task
-    /// again on the current runtime if the one that ran it shut down meanwhile.
+    /// read the clock: a suspension found in between still wakes it.
     pub(crate) fn resumed(&self) -> tokio::sync::futures::Notified<'static> {
-        ensure_checking();
         self.resumed.notified()
     }
 }
 
-/// Starts the checking task on the current tokio runtime unless one runs (outside a runtime
-/// nothing checks, and the waiters' timers fire late after a suspension).
+/// Starts the checking thread unless one runs. A thread, not a task: the check is the whole
+/// process's, it must outlive any one tokio runtime, and its sleeps must not take part in a
+/// runtime's paused clock (`tokio::time::pause`).
 fn ensure_checking() {
     if CHECKING.load(Ordering::Acquire) || CHECKING.swap(true, Ordering::AcqRel) {
         return;
     }
-    match tokio::runtime::Handle::try_current() {
-        // The count is read now, not when the task first runs: a suspension in between counts.
-        Ok(runtime) => drop(runtime.spawn(check_for_suspension(counted_suspension()))),
-        Err(_) => CHECKING.store(false, Ordering::Release),
+    // The count is read now, not when the thread first runs: a suspension in between counts.
+    let since = counted_suspension();
+    let started = std::thread::Builder::new()
+        .name("redlock-suspension-check".to_owned())
+        .spawn(move || check_for_suspension(since));
+    if let Err(error) = started {
+        // Nothing checks: the waiters' timers fire late after a suspension, as `Instant`'s would.
+        CHECKING.store(false, Ordering::Release);
+        tracing::warn!(%error, "could not start the suspension check");
     }
 }
 
@@ -245,18 +248,11 @@ impl Drop for ResumeWatch {
 
 /// Checks every [`RESUME_CHECK`] while anybody waits whether the system was suspended since the
 /// count read `last` (see [`counted_suspension`]), waking every waiter when it was. Ends once
-/// nobody waits (the next waiter starts another), and clears the flag however it ends, its
-/// runtime shutting down included.
-async fn check_for_suspension(mut last: Duration) {
-    struct Running;
-    impl Drop for Running {
-        fn drop(&mut self) {
-            CHECKING.store(false, Ordering::Release);
-        }
-    }
-    let _running = Running;
+/// nobody waits; a waiter that registers as it ends keeps it running, and one that registers
+/// after it ended starts another.
+fn check_for_suspension(mut last: Duration) {
     loop {
-        tokio::time::sleep(RESUME_CHECK).await;
+        std::thread::sleep(RESUME_CHECK);
         let now = counted_suspension();
         if now > last {
             tracing::debug!(
@@ -267,7 +263,11 @@ async fn check_for_suspension(mut last: Duration) {
             last = now;
         }
         if WAITING.load(Ordering::Acquire) == 0 {
-            return;
+            CHECKING.store(false, Ordering::Release);
+            // A waiter that came in between saw the flag still set and started nothing.
+            if WAITING.load(Ordering::Acquire) == 0 || CHECKING.swap(true, Ordering::AcqRel) {
+                return;
+            }
         }
     }
 }
