@@ -146,22 +146,18 @@ struct Origin {
 static ORIGIN: LazyLock<Origin> = LazyLock::new(|| {
     // The closest of a few readings: a thread preempted between two reads would leave every
     // conversion early by the preemption.
-    let mut best: Option<(Duration, Origin)> = None;
-    for _ in 0..8 {
+    let read = || {
         let monotonic = Instant::now();
         let lease = LeaseInstant::now().0;
-        let gap = monotonic.elapsed();
-        if best.as_ref().is_none_or(|(closest, _)| gap < *closest) {
-            best = Some((gap, Origin { monotonic, lease }));
-        }
-    }
-    best.map_or_else(
-        || Origin {
-            monotonic: Instant::now(),
-            lease: LeaseInstant::now().0,
-        },
-        |(_, origin)| origin,
-    )
+        (monotonic.elapsed(), Origin { monotonic, lease })
+    };
+    (1..8)
+        .map(|_| read())
+        .fold(
+            read(),
+            |closest, next| if next.0 < closest.0 { next } else { closest },
+        )
+        .1
 });
 
 /// The suspensions since [`ORIGIN`] that conversions count, in nanoseconds.

@@ -816,7 +816,7 @@ impl Redlock {
                     }
                     if split {
                         Box::pin(self.listen_after_a_split(
-                            &target.keys[0],
+                            &target.keys[..1],
                             first_node,
                             fair.is_some(),
                             queue_lease(&retry).saturating_mul(2),
@@ -1060,13 +1060,14 @@ impl Redlock {
         outcome
     }
 
-    /// After a split vote (see `lock_waiting`): flags `key` on its sequencer node `first`, so that
-    /// the holder's release there wakes us, and, for a queued waiter (`fair`), which listens to
-    /// its turn messages only, also listens to every release of the key (`every_release`). A
-    /// flag that could not be set leaves the retry pause to find the release.
+    /// After a split vote (see `lock_waiting`): flags the lock's one key (`keys`) on its
+    /// sequencer node `first`, so that the holder's release there wakes us, and, for a queued
+    /// waiter (`fair`), which listens to its turn messages only, also listens to every release of
+    /// the key (`every_release`). A flag that could not be set leaves the retry pause to find the
+    /// release.
     async fn listen_after_a_split(
         &self,
-        key: &str,
+        keys: &[String],
         first: usize,
         fair: bool,
         flag_for: Duration,
@@ -1077,16 +1078,11 @@ impl Redlock {
             *every_release = Some(
                 self.shared
                     .notifier
-                    .watch(
-                        std::slice::from_ref(&key.to_owned()),
-                        first,
-                        false,
-                        answering,
-                    )
+                    .watch(keys, first, false, answering)
                     .await,
             );
         }
-        if let Some(node) = self.shared.nodes.get(first)
+        if let (Some(node), Some(key)) = (self.shared.nodes.get(first), keys.first())
             && let Err(error) = node.flag_waiting(key, flag_for).await
         {
             debug!(%error, "could not flag the key after a split vote");
