@@ -635,6 +635,19 @@ impl Node {
         self.run::<()>(&link, flag.query_async(&mut conn)).await
     }
 
+    /// Whether no token holds `key` on this node: read by the loser of a split vote once it
+    /// flagged the key, to find a release that reached the sequencer node before the flag and
+    /// so woke nobody. Bounded by the node timeout.
+    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
+    pub(crate) async fn is_free(&self, key: &str) -> Result<bool, NodeErrorKind> {
+        let link = self.link().await?;
+        let mut conn = link.conn.clone();
+        let mut exists = Cmd::new();
+        exists.arg("EXISTS").arg(key);
+        let found: i64 = self.run(&link, exists.query_async(&mut conn)).await?;
+        Ok(found == 0)
+    }
+
     /// Leaves the wait queue of `key` (a waiter that stopped waiting), freeing the key if it
     /// was handed over to `heir` (our registered token) meanwhile, and waking the next waiter
     /// if the lock is free. Waits for the answer up to `timeout`.

@@ -651,6 +651,9 @@ impl Redlock {
         // After a split vote, a queued waiter also listens to every release of the key (see
         // `listen_after_a_split`), until it stands in line.
         let mut every_release: Option<Watch> = None;
+        // Set when a split vote's loser asks again at once because the holder's release woke
+        // nobody (see `listen_after_a_split`).
+        let mut released_unheard = false;
         // Set when a message said our turn came (or the lock was released).
         let mut in_turn = false;
         // Set when the sequencer node handed the key over to our registered token (a moment
@@ -814,8 +817,9 @@ impl Redlock {
                         // In line: our turn message wakes us.
                         every_release = None;
                     }
+                    let asked_at_once = std::mem::take(&mut released_unheard);
                     if split {
-                        Box::pin(self.listen_after_a_split(
+                        let released = Box::pin(self.listen_after_a_split(
                             &target.keys[..1],
                             first_node,
                             fair.is_some(),
@@ -823,6 +827,12 @@ impl Redlock {
                             &mut every_release,
                         ))
                         .await;
+                        // Once: a split again right after asking at once found a new holder, or
+                        // one whose release is still on its way, and the flag covers both.
+                        if released && !asked_at_once {
+                            released_unheard = true;
+                            continue;
+                        }
                     }
                     let mut pause = retry.pause();
                     if queued.is_some_and(|place| place > 1) || split {
@@ -1065,6 +1075,12 @@ impl Redlock {
     /// waiter (`fair`), which listens to its turn messages only, also listens to every release of
     /// the key (`every_release`). A flag that could not be set leaves the retry pause to find the
     /// release.
+    ///
+    /// The holder's release may have reached the sequencer node before the flag, while our
+    /// attempt's key was still there: it found the key taken and woke nobody. So once the flag
+    /// is set (a release from then on wakes us), the other nodes are asked whether the key is
+    /// still held there. Returns true when enough of them are free to make a quorum with the
+    /// sequencer: the release came, and asking again at once will take the lock.
     async fn listen_after_a_split(
         &self,
         keys: &[String],
@@ -1072,7 +1088,7 @@ impl Redlock {
         fair: bool,
         flag_for: Duration,
         every_release: &mut Option<Watch>,
-    ) {
+    ) -> bool {
         if fair && every_release.is_none() {
             let answering = !self.shared.silence.is_silent(first);
             *every_release = Some(
@@ -1082,11 +1098,30 @@ impl Redlock {
                     .await,
             );
         }
-        if let (Some(node), Some(key)) = (self.shared.nodes.get(first), keys.first())
-            && let Err(error) = node.flag_waiting(key, flag_for).await
-        {
+        let (Some(node), Some(key)) = (self.shared.nodes.get(first), keys.first()) else {
+            return false;
+        };
+        if let Err(error) = node.flag_waiting(key, flag_for).await {
             debug!(%error, "could not flag the key after a split vote");
+            return false;
         }
+        let nodes = &self.shared.nodes;
+        let free = join_all(
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| *index != first)
+                .map(|(_, node)| node.is_free(key)),
+        )
+        .await
+        .into_iter()
+        .filter(|free| matches!(free, Ok(true)))
+        .count();
+        let released = free + 1 >= self.shared.settings.quorum;
+        if released {
+            debug!("the holder released before the key was flagged");
+        }
+        released
     }
 
     /// After a wake-up, collects the hand-over notices for our registered `token`: once the

@@ -12,6 +12,7 @@ use std::{
 };
 
 use redlock_core::{Error, LockOptions, Redlock, Retry};
+use redlock_tests::{ProxyMode, ProxySet};
 
 use crate::support::{cluster, command_calls, eventually, held_everywhere, redlock, redlock_with};
 
@@ -1255,6 +1256,90 @@ async fn the_loser_of_a_split_vote_is_woken_by_the_winners_release() {
     let after = at.saturating_duration_since(released);
     assert!(
         after < Duration::from_millis(300),
+        "taken {after:?} after the release"
+    );
+    taken.release().await.expect("release");
+}
+
+/// The same split, but the holder's release reaches the sequencer node while the loser's own SET
+/// is still there (its attempt not yet decided): the release finds the key taken and wakes
+/// nobody, and the loser flags the key after it. Once flagged, the loser looks at the other
+/// nodes, finds them free and asks again at once, instead of sleeping out its pause (5 s here).
+/// The loser reaches the other nodes through proxies that hold their replies 300 ms, so its
+/// attempt is decided only after the release, whatever the machine's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loser_of_a_split_vote_finds_a_release_that_woke_nobody() {
+    let nodes = cluster(3);
+    let key = "redlock:split-unheard";
+    let seq = usize::try_from(sequencer(key, 3)).unwrap();
+    let proxies = ProxySet::new(&nodes).expect("proxies start");
+    let waiter = Redlock::builder()
+        .nodes(proxies.urls())
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_secs(2))
+        .retry(Retry::new(30, Duration::from_secs(5), Duration::ZERO))
+        .build()
+        .unwrap();
+    // Its connections are open before its replies are held back.
+    waiter
+        .lock("warm-up")
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let holder = redlock(&nodes);
+    // The holder holds the other two nodes only (as in the test above).
+    nodes[seq]
+        .query(&["SET", key, "another-attempt", "PX", "10000"])
+        .unwrap();
+    let lock = holder
+        .lock("split-unheard")
+        .await
+        .expect("a quorum elsewhere");
+    assert!(
+        eventually(Duration::from_secs(2), || command_calls(&nodes[seq], "set")
+            >= 2)
+        .await,
+        "the holder's SET reached the sequencer node"
+    );
+    nodes[seq].query(&["DEL", key]).unwrap();
+
+    let others: Vec<usize> = (0..3).filter(|&i| i != seq).collect();
+    proxies.set_some(
+        &others,
+        ProxyMode::delay_replies(Duration::from_millis(300), Duration::ZERO),
+    );
+    let waiting = tokio::spawn(async move {
+        let lock = waiter.lock("split-unheard").await;
+        (lock, Instant::now())
+    });
+    // The waiter's SET took the free sequencer node; its other votes are 300 ms away.
+    assert!(
+        eventually(Duration::from_secs(2), || nodes[seq]
+            .get(key)
+            .unwrap()
+            .is_some())
+        .await,
+        "the waiter's SET reached the sequencer node"
+    );
+    let released = Instant::now();
+    lock.release().await.expect("release");
+    let flag = format!("{key}:queue:waiting");
+    assert!(
+        nodes[seq].get(&flag).unwrap().is_none(),
+        "released before the waiter flagged the key"
+    );
+    let (taken, at) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("bounded")
+        .unwrap();
+    let taken = taken.expect("the waiter took the lock");
+    let after = at.saturating_duration_since(released);
+    // Its first round is decided 300 ms on, the look at the other nodes and the next round
+    // take 300 ms each: about 0.9 s. Sleeping out the pause would take 5.3 s or more.
+    assert!(
+        after < Duration::from_secs(3),
         "taken {after:?} after the release"
     );
     taken.release().await.expect("release");
