@@ -15,11 +15,12 @@
 //!
 //! Options:
 //!
-//! - `--rows A,Ai,B,Bi,C,Ci,Cf,D` rows to run (default all): A one client, sequential; B 32 and
-//!   256 tasks on distinct keys; C 32 tasks contending for one key (`C1` or `C32` alone runs one
-//!   of its two rows); Ai, Bi (B32i, B256i) and Ci (C32i) the same with the clients taking turns
-//!   in short bursts within one run; Cf (C32f) row C32 while the nodes are paused in turn (on the
-//!   bench's own nodes only); D 10,000 auto-extended locks held at once.
+//! - `--rows A,Ai,B,Bi,C,Ci,Cf,E,D` rows to run (default all): A one client, sequential; B 32
+//!   and 256 tasks on distinct keys; C 32 tasks contending for one key (`C1` or `C32` alone runs
+//!   one of its two rows); Ai, Bi (B32i, B256i) and Ci (C32i) the same with the clients taking
+//!   turns in short bursts within one run; Cf (C32f) row C32 while the nodes are paused in turn
+//!   (on the bench's own nodes only); E two processes colliding on a free key, how long after the
+//!   winner's release the loser holds it; D 10,000 auto-extended locks held at once.
 //! - `--secs N` measured seconds per row and client (default 3), after `--warmup N` (default 0.5).
 //! - `--rounds R` repeat every row R times and report medians (default 1).
 //! - `--hold-locks N`, `--hold-secs N`, `--hold-ttl-ms N` shape row D (defaults 10000, 30, 3000).
@@ -89,6 +90,10 @@ const FAULT_EVERY: Duration = Duration::from_millis(1000);
 const FAULT_PAUSE: Duration = Duration::from_millis(300);
 /// Row C retry pause, for ours and the floor alike: 5 ms plus up to 5 ms of jitter.
 const POLL_DELAY: Duration = Duration::from_millis(5);
+/// Row E: how long the winner of a collision holds the key.
+const COLLISION_HOLD: Duration = Duration::from_millis(20);
+/// Row E: how long a collision's loser waits before it counts as an error.
+const COLLISION_GIVE_UP: Duration = Duration::from_secs(2);
 /// /proc/self/stat counts CPU time in clock ticks of 1/USER_HZ s; USER_HZ is 100 on Linux.
 const CLOCK_TICKS_PER_SEC: u64 = 100;
 
@@ -180,7 +185,7 @@ async fn run(args: &Args, urls: &[String], cluster: Option<&Cluster>) -> Result<
     if args
         .rows
         .iter()
-        .any(|r| ["C", "C32", "CI", "CF"].contains(&r.as_str()))
+        .any(|r| ["C", "C32", "CI", "CF", "E"].contains(&r.as_str()))
     {
         for _ in 0..CONTENDERS {
             ours_apart.push(Client::Ours(builder().retry(forever).build()?));
@@ -254,6 +259,7 @@ async fn run(args: &Args, urls: &[String], cluster: Option<&Cluster>) -> Result<
             "CF" => {
                 eprintln!("row C32f pauses the nodes, so it runs on the bench's own only: skipped")
             }
+            "E" => rows.push(Row::Collision),
             "D" => rows.push(Row::Hold),
             _ => unreachable!("rows are validated when parsed"),
         }
@@ -328,7 +334,7 @@ async fn run(args: &Args, urls: &[String], cluster: Option<&Cluster>) -> Result<
             for name in order {
                 let ours_turn = name == "ours";
                 let ours_here = match row {
-                    Row::Contended { .. } => &ours_contended,
+                    Row::Contended { .. } | Row::Collision => &ours_contended,
                     Row::Hold => &ours_hold,
                     Row::Throughput { .. } | Row::Interleaved { .. } => &ours,
                 };
@@ -368,6 +374,9 @@ async fn run(args: &Args, urls: &[String], cluster: Option<&Cluster>) -> Result<
                         contended(&ours_apart, args, &floor).await
                     }
                     Row::Contended { .. } => contended(&floors_apart, args, &floor).await,
+                    // Two clients of their own each, as two processes would be.
+                    Row::Collision if ours_turn => collisions(&ours_apart[..2], args).await,
+                    Row::Collision => collisions(&floors_apart[..2], args).await,
                     // A fresh process per client and round: RSS growth is only meaningful from a
                     // heap that no earlier row (or the other client) has grown already.
                     Row::Hold if !args.hold_here => {
@@ -417,6 +426,7 @@ async fn run(args: &Args, urls: &[String], cluster: Option<&Cluster>) -> Result<
             "tasks": r.row.tasks(args),
             "clients": match r.row {
                 Row::Contended { clients, .. } => clients,
+                Row::Collision => 2,
                 _ => 1,
             },
             "secs": if matches!(r.row, Row::Hold) { args.hold_secs.as_secs_f64() } else { args.secs.as_secs_f64() },
@@ -916,15 +926,19 @@ enum Row {
         turns: bool,
         faults: bool,
     },
+    /// Row E: two clients collide on a fresh key, again and again ([`collisions`]).
+    Collision,
     Hold,
 }
 
 impl Row {
-    /// The metric its ratio ours/floor is taken of (for D, CPU: lower is better).
+    /// The metric its ratio ours/floor is taken of (for E, latency, and for D, CPU: lower is
+    /// better).
     fn metric(&self) -> &'static str {
         match self {
             Row::Throughput { .. } | Row::Interleaved { .. } => "cycles_per_sec",
             Row::Contended { .. } => "sections_per_sec",
+            Row::Collision => "handover_p90_ms",
             Row::Hold => "cpu_pct_of_core",
         }
     }
@@ -934,6 +948,7 @@ impl Row {
             Row::Throughput { id, .. } => id,
             Row::Interleaved { id, .. } => id,
             Row::Contended { id, .. } => id,
+            Row::Collision => "E",
             Row::Hold => "D",
         }
     }
@@ -943,6 +958,7 @@ impl Row {
             Row::Throughput { tasks, .. } => tasks,
             Row::Interleaved { tasks, .. } => tasks,
             Row::Contended { .. } => CONTENDERS,
+            Row::Collision => 2,
             Row::Hold => args.hold_locks,
         }
     }
@@ -1161,6 +1177,79 @@ async fn contended(clients: &[Client], args: &Args, floor: &Floor) -> Metrics {
     contended_metrics(per_task, &exclusion, args.secs, cpu)
 }
 
+/// Row E: two clients, each with connections and queues of its own as two processes have, lock
+/// one fresh key at the same moment, again and again until the row's end. The winner holds the
+/// key for [`COLLISION_HOLD`], then releases; the loser waits in its client's own way (the
+/// floor asks again every 5-10 ms). Measured: how long after the winner's release the loser
+/// held the key. The tail is a split vote in which the loser won the key's sequencer node, which
+/// the winner's release there must wake (the case
+/// `queue::the_loser_of_a_split_vote_is_woken_by_the_winners_release` pins); a loser that would
+/// find out only by asking again shows here as the floor's polling pause.
+async fn collisions(pair: &[Client], args: &Args) -> Metrics {
+    let window = Window::new(args);
+    let exclusion = Arc::new(Exclusion::default());
+    let mut waits = Vec::with_capacity(256);
+    let mut errors = 0u64;
+    for collision in 0..MAX_CYCLES {
+        let now = Instant::now();
+        if now >= window.end {
+            break;
+        }
+        let counted = now >= window.warm_end;
+        let key = format!("bench:E:{}:{collision}", pair[0].name());
+        let start = Arc::new(tokio::sync::Barrier::new(pair.len()));
+        // When the winner released: taken by the loser once it holds the key.
+        let released = Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let mut set = JoinSet::new();
+        for client in pair {
+            let (client, key) = (client.clone(), key.clone());
+            let (start, released, exclusion) = (start.clone(), released.clone(), exclusion.clone());
+            set.spawn(async move {
+                start.wait().await;
+                let give_up = Instant::now() + COLLISION_GIVE_UP;
+                let Ok(Some(held)) = client.acquire_until(&key, give_up).await else {
+                    return Err(());
+                };
+                let taken = Instant::now();
+                let after = released.lock().ok().and_then(|mut at| at.take());
+                exclusion.enter();
+                if after.is_none() {
+                    // The winner: the loser is waiting meanwhile.
+                    tokio::time::sleep(COLLISION_HOLD).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
+                exclusion.leave();
+                if let Ok(mut at) = released.lock() {
+                    *at = Some(Instant::now());
+                }
+                if !client.release(held).await {
+                    return Err(());
+                }
+                Ok(after.map(|at| micros(taken.saturating_duration_since(at))))
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(Ok(Some(wait))) if counted => waits.push(wait),
+                Ok(Ok(_)) => {}
+                Ok(Err(())) | Err(_) => errors += 1,
+            }
+        }
+    }
+    waits.sort_unstable();
+    Metrics::from([
+        ("collisions", waits.len() as f64),
+        ("handover_p50_ms", percentile_ms(&waits, 0.50)),
+        ("handover_p90_ms", percentile_ms(&waits, 0.90)),
+        ("handover_p99_ms", percentile_ms(&waits, 0.99)),
+        ("handover_max_ms", percentile_ms(&waits, 1.0)),
+        ("max_in_cs", exclusion.most.load(Ordering::SeqCst) as f64),
+        ("overlaps", exclusion.overlaps.load(Ordering::SeqCst) as f64),
+        ("errors", errors as f64),
+    ])
+}
+
 /// Row C32f's faults, from now until the row's end (its warm-up and measured time): every
 /// [`FAULT_EVERY`] the next node is paused (`SIGSTOP`) for [`FAULT_PAUSE`], so every node, the
 /// key's sequencer node among them, is paused in turn and a majority always answers. Returns
@@ -1241,6 +1330,22 @@ struct Exclusion {
     overlaps: AtomicU64,
 }
 
+impl Exclusion {
+    /// A holder comes in: an overlap if someone is inside already.
+    fn enter(&self) {
+        let inside = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(inside, Ordering::SeqCst);
+        if inside > 1 {
+            self.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A holder leaves (before it releases).
+    fn leave(&self) {
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// One contender of row C: asks for `resource` until `end`; each time it holds it, checks that
 /// nobody else is inside, yields once (so an overlapping holder would get to run), leaves and
 /// releases, then asks again at once. Returns the waits of the sections it asked for from
@@ -1268,13 +1373,9 @@ async fn contend(
             }
         };
         let acquired = Instant::now();
-        let inside = exclusion.inside.fetch_add(1, Ordering::SeqCst) + 1;
-        exclusion.most.fetch_max(inside, Ordering::SeqCst);
-        if inside > 1 {
-            exclusion.overlaps.fetch_add(1, Ordering::SeqCst);
-        }
+        exclusion.enter();
         tokio::task::yield_now().await;
-        exclusion.inside.fetch_sub(1, Ordering::SeqCst);
+        exclusion.leave();
         let released = client.release(held).await;
         if start >= count_from {
             waits.push(micros(acquired - start));
@@ -1633,7 +1734,14 @@ fn rss_kib() -> Option<u64> {
 
 /// Medians across rounds, except for counts that must stay at zero, which keep their worst.
 fn aggregate(rounds: &[Metrics]) -> Metrics {
-    const WORST: [&str; 5] = ["errors", "leftover_keys", "overlaps", "max_in_cs", "lost"];
+    const WORST: [&str; 6] = [
+        "errors",
+        "leftover_keys",
+        "overlaps",
+        "max_in_cs",
+        "lost",
+        "handover_max_ms",
+    ];
     let mut out = Metrics::new();
     let Some(first) = rounds.first() else {
         return out;
@@ -1833,6 +1941,40 @@ fn print_tables(results: &[RowResult], args: &Args) {
             );
         }
     }
+    for r in results.iter().filter(|r| matches!(r.row, Row::Collision)) {
+        println!(
+            "\n## E: two processes lock one free key at once, the winner holds it {} ms\n",
+            COLLISION_HOLD.as_millis()
+        );
+        println!(
+            "| client | collisions | loser holds after the release: p50 ms | p90 ms | p99 ms | max ms | max holders at once | overlaps | errors | leftover keys | p90 ours/floor | per round: median [range] |"
+        );
+        println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for (name, m) in r.clients(args) {
+            println!(
+                "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+                get(m, "collisions"),
+                get(m, "handover_p50_ms"),
+                get(m, "handover_p90_ms"),
+                get(m, "handover_p99_ms"),
+                get(m, "handover_max_ms"),
+                get(m, "max_in_cs"),
+                get(m, "overlaps"),
+                get(m, "errors"),
+                get(m, "leftover_keys"),
+                if name == "ours" {
+                    format!("**{:.2}×**", r.ratio().1)
+                } else {
+                    String::new()
+                },
+                if name == "ours" {
+                    spread(&r.ratio_rounds)
+                } else {
+                    String::new()
+                },
+            );
+        }
+    }
     for r in results.iter().filter(|r| matches!(r.row, Row::Hold)) {
         println!(
             "\n## D: {} locks held for {} s with ttl {} ms, extended every ttl/3\n",
@@ -1883,14 +2025,14 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: bench [--rows A,Ai,B,Bi,C,Ci,Cf,D] [--secs N] [--warmup N] [--rounds R] \
+const USAGE: &str = "usage: bench [--rows A,Ai,B,Bi,C,Ci,Cf,E,D] [--secs N] [--warmup N] [--rounds R] \
 [--hold-locks N] [--hold-secs N] [--hold-ttl-ms N] [--node-timeout-ms N] [--clients ours,floor,floor-q,ping-q] [--hold-here] [--json PATH]";
 
 impl Args {
     /// `None` when only the usage was asked for.
     fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
         let mut args = Args {
-            rows: ["A", "AI", "B", "BI", "C", "CI", "CF", "D"]
+            rows: ["A", "AI", "B", "BI", "C", "CI", "CF", "E", "D"]
                 .map(str::to_owned)
                 .to_vec(),
             secs: Duration::from_secs(3),
@@ -1941,12 +2083,12 @@ impl Args {
                         .collect();
                     if args.rows.is_empty()
                         || args.rows.iter().any(|r| {
-                            !["A", "AI", "B", "BI", "C", "C1", "C32", "CI", "CF", "D"]
+                            !["A", "AI", "B", "BI", "C", "C1", "C32", "CI", "CF", "E", "D"]
                                 .contains(&r.as_str())
                         })
                     {
                         return Err(format!(
-                            "--rows takes a list of A, Ai, B, Bi, C (or C1, C32), Ci, Cf, D\n{USAGE}"
+                            "--rows takes a list of A, Ai, B, Bi, C (or C1, C32), Ci, Cf, E, D\n{USAGE}"
                         ));
                     }
                 }
