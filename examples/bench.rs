@@ -1836,6 +1836,24 @@ impl RowResult {
         }
     }
 
+    /// The table cell of `name`'s ratio: ours/floor in bold on ours' line, empty on the others.
+    fn ratio_cell(&self, name: &str) -> String {
+        if name == "ours" {
+            format!("**{:.2}×**", self.ratio().1)
+        } else {
+            String::new()
+        }
+    }
+
+    /// The table cell of the per-round ratios on ours' line, empty on the others.
+    fn spread_cell(&self, name: &str) -> String {
+        if name == "ours" {
+            spread(&self.ratio_rounds)
+        } else {
+            String::new()
+        }
+    }
+
     /// The headline metric and ours/floor for it (for D, CPU: lower is better).
     fn ratio(&self) -> (&'static str, f64) {
         let metric = self.row.metric();
@@ -1880,15 +1898,13 @@ fn print_tables(results: &[RowResult], args: &Args) {
                     get(m, "errors"),
                     get(m, "leftover_keys"),
                     match name {
-                        "ours" => format!("**{:.2}×**", r.ratio().1),
                         "floor-q" | "ping-q" => format!("({:.2}×)", r.ratio_of(name)),
-                        _ => String::new(),
+                        _ => r.ratio_cell(name),
                     },
                     match name {
-                        "ours" => spread(&r.ratio_rounds),
                         "floor-q" => format!("({})", spread(&r.quorum_ratio_rounds)),
                         "ping-q" => format!("({})", spread(&r.ping_ratio_rounds)),
-                        _ => String::new(),
+                        _ => r.spread_cell(name),
                     },
                 );
             }
@@ -1928,16 +1944,8 @@ fn print_tables(results: &[RowResult], args: &Args) {
                 cpu_cell(get(m, "node_cpu_us_per_section")),
                 get(m, "errors"),
                 get(m, "leftover_keys"),
-                if name == "ours" {
-                    format!("**{:.2}×**", r.ratio().1)
-                } else {
-                    String::new()
-                },
-                if name == "ours" {
-                    spread(&r.ratio_rounds)
-                } else {
-                    String::new()
-                },
+                r.ratio_cell(name),
+                r.spread_cell(name),
             );
         }
     }
@@ -1962,16 +1970,8 @@ fn print_tables(results: &[RowResult], args: &Args) {
                 get(m, "overlaps"),
                 get(m, "errors"),
                 get(m, "leftover_keys"),
-                if name == "ours" {
-                    format!("**{:.2}×**", r.ratio().1)
-                } else {
-                    String::new()
-                },
-                if name == "ours" {
-                    spread(&r.ratio_rounds)
-                } else {
-                    String::new()
-                },
+                r.ratio_cell(name),
+                r.spread_cell(name),
             );
         }
     }
@@ -1998,11 +1998,7 @@ fn print_tables(results: &[RowResult], args: &Args) {
                 get(m, "errors"),
                 get(m, "release_secs"),
                 get(m, "leftover_keys"),
-                if name == "ours" {
-                    format!("**{:.2}×**", r.ratio().1)
-                } else {
-                    String::new()
-                },
+                r.ratio_cell(name),
             );
         }
     }

@@ -1197,6 +1197,37 @@ async fn a_client_remembers_a_paused_sequencer_node_for_its_next_wait() {
     nodes[0].resume().unwrap();
 }
 
+/// `resource` locked by `holder` on the nodes other than its key's sequencer node, where the
+/// key is left free: a split vote's winner. Another attempt's SET holds the sequencer node when
+/// the holder's arrives, and is undone.
+async fn held_on_the_other_nodes(
+    nodes: &redlock_tests::Cluster,
+    holder: &Redlock,
+    resource: &str,
+) -> redlock_core::Lock {
+    let key = format!("redlock:{resource}");
+    let seq = usize::try_from(sequencer(&key, 3)).unwrap();
+    nodes[seq]
+        .query(&["SET", &key, "another-attempt", "PX", "10000"])
+        .unwrap();
+    let lock = holder.lock(resource).await.expect("a quorum elsewhere");
+    // `lock` returns at the quorum: the holder's SET there may still be on its way, and must be
+    // refused before the other attempt's key goes.
+    assert!(
+        eventually(Duration::from_secs(2), || command_calls(&nodes[seq], "set")
+            >= 2)
+        .await,
+        "the holder's SET reached the sequencer node"
+    );
+    assert_eq!(
+        crate::support::values(nodes, &key)[seq].as_deref(),
+        Some("another-attempt"),
+        "the holder has nothing on the sequencer node"
+    );
+    nodes[seq].query(&["DEL", &key]).unwrap();
+    lock
+}
+
 /// A split vote: the waiter's first round won the key's sequencer node and lost the vote, so the
 /// holder holds nothing on that node, and its release there has no key of its own to compare.
 /// The waiter flags the key there and listens to every release of it, and the holder's release,
@@ -1211,25 +1242,7 @@ async fn the_loser_of_a_split_vote_is_woken_by_the_winners_release() {
     let waiter = redlock_with(&nodes, |b| {
         b.retry(Retry::new(30, Duration::from_secs(1), Duration::ZERO))
     });
-    // Another attempt's SET holds the sequencer node when the holder's arrives, and is undone.
-    nodes[seq]
-        .query(&["SET", key, "another-attempt", "PX", "10000"])
-        .unwrap();
-    let lock = holder.lock("split").await.expect("a quorum elsewhere");
-    // `lock` returns at the quorum: the holder's SET there may still be on its way, and must be
-    // refused before the other attempt's key goes.
-    assert!(
-        eventually(Duration::from_secs(2), || command_calls(&nodes[seq], "set")
-            >= 2)
-        .await,
-        "the holder's SET reached the sequencer node"
-    );
-    assert_eq!(
-        crate::support::values(&nodes, key)[seq].as_deref(),
-        Some("another-attempt"),
-        "the holder has nothing on the sequencer node"
-    );
-    nodes[seq].query(&["DEL", key]).unwrap();
+    let lock = held_on_the_other_nodes(&nodes, &holder, "split").await;
 
     let waiting = tokio::spawn(async move {
         let lock = waiter.lock("split").await;
@@ -1289,21 +1302,7 @@ async fn the_loser_of_a_split_vote_finds_a_release_that_woke_nobody() {
         .await
         .unwrap();
     let holder = redlock(&nodes);
-    // The holder holds the other two nodes only (as in the test above).
-    nodes[seq]
-        .query(&["SET", key, "another-attempt", "PX", "10000"])
-        .unwrap();
-    let lock = holder
-        .lock("split-unheard")
-        .await
-        .expect("a quorum elsewhere");
-    assert!(
-        eventually(Duration::from_secs(2), || command_calls(&nodes[seq], "set")
-            >= 2)
-        .await,
-        "the holder's SET reached the sequencer node"
-    );
-    nodes[seq].query(&["DEL", key]).unwrap();
+    let lock = held_on_the_other_nodes(&nodes, &holder, "split-unheard").await;
 
     let others: Vec<usize> = (0..3).filter(|&i| i != seq).collect();
     proxies.set_some(
