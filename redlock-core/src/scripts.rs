@@ -380,7 +380,9 @@ impl ToRedisArgs for QueueKeys<'_> {
 /// A string key on the sequencer node that says someone waits for the lock key without standing
 /// in its wait queue (fenced and `lock_many` waiters, which listen to every release): such a
 /// waiter sets it, for two leases, in the script that refuses it (the acquisition scripts of
-/// [`fencing`](crate::fencing) and [`ACQUIRE_MANY`]); a waiter in the queue needs none, the
+/// [`fencing`](crate::fencing) and [`ACQUIRE_MANY`]). The loser of a split vote sets it too
+/// (its attempt won the sequencer node, the holder the others, so the holder's release there has
+/// no key of its own and only the flag says someone waits). A waiter in the queue needs none, the
 /// queue's list says it. The release of an uncontended lock looks both up
 /// ([`RELEASE_UNCONTENDED`]) and wakes nobody while neither exists, which spares the node the
 /// wake-ups' calls on nearly every release. A release that announces itself to every listener
