@@ -173,6 +173,9 @@
 //!
 //! Independent primaries with no failover behind an endpoint; clocks that slew and never step;
 //! nodes that either persist with `appendfsync always` or stay down for a ttl after a crash.
+//! [`Redlock::durability`] reports what each node says about its persistence, and
+//! [`Redlock::connect`] warns, when fencing is on, about each node that may lose its fence
+//! counters in a crash.
 //!
 //! # Feature flags
 //!
@@ -192,6 +195,7 @@
 mod builder;
 mod clock;
 mod config;
+mod durability;
 mod error;
 mod expiry;
 mod fencing;
@@ -218,6 +222,7 @@ mod watchdog;
 pub use bb8_redis::{RedisConnectionManager, bb8, redis};
 pub use builder::RedlockBuilder;
 pub use config::{MAX_TTL, RedlockConfig};
+pub use durability::{Durability, NodeDurability};
 pub use error::{Error, NodeError, NodeErrorKind, Result};
 pub use fencing::FencingToken;
 pub use lock::{Lock, LockHandle, Release};

@@ -4,6 +4,7 @@
 //! node costs at most that long, never bb8's 30 s default.
 
 use std::{
+    collections::HashMap,
     fmt,
     sync::{
         Arc,
@@ -23,6 +24,7 @@ use bb8_redis::{
 use tracing::{debug, instrument};
 
 use crate::{
+    durability::Durability,
     error::{Error, NodeError, NodeErrorKind, Redacted},
     fencing,
     handover::Successor,
@@ -311,6 +313,11 @@ impl Node {
 
     pub(crate) fn client(&self) -> Option<&Client> {
         self.client.as_ref()
+    }
+
+    /// The node's address (`host:port`), never its password.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
     }
 
     pub(crate) fn error(&self, kind: NodeErrorKind) -> NodeError {
@@ -934,6 +941,27 @@ impl Node {
 
     /// `PING`, to check reachability in [`Redlock::connect`](crate::Redlock::connect).
     #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
+    /// What this node says about keeping its writes across a crash (`CONFIG GET append*`, one
+    /// pattern, so Redis 6 answers it too). Bounded by the node timeout; a node that cannot or
+    /// will not tell is [`Durability::Unknown`].
+    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
+    pub(crate) async fn durability(&self) -> Durability {
+        let config = async {
+            let link = self.link().await?;
+            let mut conn = link.conn.clone();
+            let mut get = Cmd::new();
+            get.arg("CONFIG").arg("GET").arg("append*");
+            self.run::<HashMap<String, String>>(&link, get.query_async(&mut conn))
+                .await
+        };
+        match config.await {
+            Ok(config) => Durability::from_config(&config),
+            Err(kind) => Durability::Unknown {
+                reason: kind.to_string(),
+            },
+        }
+    }
+
     pub(crate) async fn ping(&self) -> Result<(), NodeErrorKind> {
         let link = self.link().await?;
         let mut conn = link.conn.clone();

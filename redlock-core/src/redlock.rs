@@ -14,6 +14,7 @@ use crate::{
     builder::RedlockBuilder,
     clock::LeaseInstant,
     config::{RedlockConfig, Settings},
+    durability::NodeDurability,
     error::{Error, Result},
     fencing::FencingToken,
     finisher::Finisher,
@@ -442,6 +443,9 @@ impl Redlock {
 
     /// Checks that a quorum of nodes answers `PING`, each within the node timeout. Optional:
     /// pools connect lazily on first use; call this at startup to fail fast on a bad deployment.
+    /// With fencing on, it then asks the nodes about their persistence
+    /// ([`durability`](Redlock::durability)) and logs a warning for each node that may lose its
+    /// fence counters in a crash; that is not an error, as many servers cannot tell.
     ///
     /// # Errors
     ///
@@ -469,7 +473,57 @@ impl Redlock {
                 failures,
             });
         }
+        if self.shared.settings.fencing {
+            for node in self.durability().await {
+                if !node.durability.keeps_fence_counters() {
+                    warn!(
+                        node = %node.node,
+                        durability = %node.durability,
+                        "fencing is on, but this node may lose its fence counters in a crash: \
+                         run it with AOF and appendfsync always"
+                    );
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// What each node says about keeping its writes across a crash (`CONFIG GET append*`), in
+    /// node order: the operational contract's persistence rule, checked at startup instead of
+    /// assumed. Fencing tokens increase only while no node loses its fence counters, which
+    /// takes AOF with `appendfsync always` (see
+    /// [`keeps_fence_counters`](crate::Durability::keeps_fence_counters)); locks alone are
+    /// also safe on nodes without it that stay down for the longest ttl after a crash.
+    /// [`connect`](Redlock::connect) logs a warning for each node that does not keep its fence
+    /// counters when fencing is on.
+    ///
+    /// Never fails: a node that cannot or will not tell (`CONFIG` disabled, a server without
+    /// AOF settings such as Dragonfly, no answer within the node timeout) is
+    /// [`Durability::Unknown`](crate::Durability::Unknown). Asks every node at once, each bounded
+    /// by the node timeout.
+    ///
+    /// ```no_run
+    /// # async fn example(redlock: redlock_core::Redlock) {
+    /// for node in redlock.durability().await {
+    ///     if !node.durability.keeps_fence_counters() {
+    ///         eprintln!("{}: {}, fence counters at risk", node.node, node.durability);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it writes nothing.
+    #[instrument(level = "debug", skip_all, fields(nodes = self.shared.nodes.len()))]
+    pub async fn durability(&self) -> Vec<NodeDurability> {
+        join_all(self.shared.nodes.iter().map(|node| async move {
+            NodeDurability {
+                node: node.addr().to_owned(),
+                durability: node.durability().await,
+            }
+        }))
+        .await
     }
 
     /// Acquires `resource`, retrying per the retry policy while it is contended or unavailable.

@@ -2,6 +2,7 @@
 
 mod acquire;
 mod cancel;
+mod durability;
 mod extend;
 mod faults;
 mod fencing;
