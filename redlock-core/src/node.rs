@@ -939,8 +939,6 @@ impl Node {
         Ok(n == 1)
     }
 
-    /// `PING`, to check reachability in [`Redlock::connect`](crate::Redlock::connect).
-    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     /// What this node says about keeping its writes across a crash (`CONFIG GET append*`, one
     /// pattern, so Redis 6 answers it too). Bounded by the node timeout; a node that cannot or
     /// will not tell is [`Durability::Unknown`].
@@ -962,6 +960,8 @@ impl Node {
         }
     }
 
+    /// `PING`, to check reachability in [`Redlock::connect`](crate::Redlock::connect).
+    #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn ping(&self) -> Result<(), NodeErrorKind> {
         let link = self.link().await?;
         let mut conn = link.conn.clone();

@@ -498,7 +498,7 @@ impl Redlock {
     /// counters when fencing is on.
     ///
     /// Never fails: a node that cannot or will not tell (`CONFIG` disabled, a server without
-    /// AOF settings such as Dragonfly, no answer within the node timeout) is
+    /// these settings, no answer within the node timeout) is
     /// [`Durability::Unknown`](crate::Durability::Unknown). Asks every node at once, each bounded
     /// by the node timeout.
     ///
