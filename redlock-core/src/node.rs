@@ -412,6 +412,13 @@ impl Node {
         Node::run_within(self.timeout, link, cmd).await
     }
 
+    /// One plain command (no script) on a link to this node, bounded by the node timeout.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, NodeErrorKind> {
+        let link = self.link().await?;
+        let mut conn = link.conn.clone();
+        self.run(&link, cmd.query_async(&mut conn)).await
+    }
+
     /// [`run`](Node::run) with another bound than the node timeout.
     async fn run_within<T: redis::FromRedisValue>(
         timeout: Duration,
@@ -631,15 +638,13 @@ impl Node {
     /// timeout.
     #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn flag_waiting(&self, key: &str, ttl: Duration) -> Result<(), NodeErrorKind> {
-        let link = self.link().await?;
-        let mut conn = link.conn.clone();
         let mut flag = Cmd::new();
         flag.arg("SET")
             .arg(scripts::waiting_flag(key))
             .arg("1")
             .arg("PX")
             .arg(ttl_millis(ttl));
-        self.run::<()>(&link, flag.query_async(&mut conn)).await
+        self.query(&flag).await
     }
 
     /// Whether no token holds `key` on this node: read by the loser of a split vote once it
@@ -647,11 +652,7 @@ impl Node {
     /// so woke nobody. Bounded by the node timeout.
     #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn is_free(&self, key: &str) -> Result<bool, NodeErrorKind> {
-        let link = self.link().await?;
-        let mut conn = link.conn.clone();
-        let mut exists = Cmd::new();
-        exists.arg("EXISTS").arg(key);
-        let found: i64 = self.run(&link, exists.query_async(&mut conn)).await?;
+        let found: i64 = self.query(redis::cmd("EXISTS").arg(key)).await?;
         Ok(found == 0)
     }
 
@@ -944,15 +945,10 @@ impl Node {
     /// will not tell is [`Durability::Unknown`].
     #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn durability(&self) -> Durability {
-        let config = async {
-            let link = self.link().await?;
-            let mut conn = link.conn.clone();
-            let mut get = Cmd::new();
-            get.arg("CONFIG").arg("GET").arg("append*");
-            self.run::<HashMap<String, String>>(&link, get.query_async(&mut conn))
-                .await
-        };
-        match config.await {
+        let config = self
+            .query::<HashMap<String, String>>(redis::cmd("CONFIG").arg("GET").arg("append*"))
+            .await;
+        match config {
             Ok(config) => Durability::from_config(&config),
             Err(kind) => Durability::Unknown {
                 reason: kind.to_string(),
@@ -963,11 +959,7 @@ impl Node {
     /// `PING`, to check reachability in [`Redlock::connect`](crate::Redlock::connect).
     #[instrument(level = "debug", skip_all, fields(node = %self.addr))]
     pub(crate) async fn ping(&self) -> Result<(), NodeErrorKind> {
-        let link = self.link().await?;
-        let mut conn = link.conn.clone();
-        let pong: String = self
-            .run(&link, redis::cmd("PING").query_async(&mut conn))
-            .await?;
+        let pong: String = self.query(&redis::cmd("PING")).await?;
         if pong == "PONG" {
             Ok(())
         } else {
